@@ -1,0 +1,1 @@
+"""Latency benchmarks -- ``online_tsm.benchmarks``."""

@@ -1,0 +1,1 @@
+"""Real-time gesture demo -- ``online_tsm.demo``."""

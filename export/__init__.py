@@ -1,0 +1,1 @@
+"""Export of the per-frame online TSM (ONNX, TVM) -- ``online_tsm.export``."""

@@ -1,0 +1,1 @@
+"""Streaming runtimes over several backends -- ``online_tsm.runtimes``."""
