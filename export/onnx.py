@@ -1,0 +1,115 @@
+"""Per-frame ONNX export with the shift buffers as named inputs and outputs.
+
+The graph takes ``frame`` and ``shift_0..shift_{K-1}`` and returns ``logits``
+and ``shift_out_0..shift_out_{K-1}``; ``shift_out_k`` feeds ``shift_k`` on the
+next frame.  After export the graph is simplified with onnxslim (constant
+folding, BN fusion) and checked against PyTorch over streamed frames, because
+a simplifier bug would otherwise only show up on the device.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from online_tsm.checkpoint import model_info
+from online_tsm.export.manifest import BufferPair, Manifest, TensorSpec
+from online_tsm.models import MobileNetV2TSM
+from online_tsm.preprocess import resize_size
+
+FRAME_INPUT = "frame"
+LOGITS_OUTPUT = "logits"
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported or the exported graph disagrees with PyTorch."""
+
+
+def buffer_names(n: int) -> tuple[list[str], list[str]]:
+    return [f"shift_{k}" for k in range(n)], [f"shift_out_{k}" for k in range(n)]
+
+
+def build_manifest(model: MobileNetV2TSM, name: str = "online-tsm", shift: str = "causal") -> Manifest:
+    """The manifest of a per-frame graph of ``model`` (files and target are filled in later)."""
+    info = model_info(model)
+    size = model.input_size
+    shapes = [list(s) for s in model.buffer_shapes(1)]
+    ins, outs = buffer_names(len(shapes))
+    return Manifest(
+        model={"name": name, "arch": info.arch, "n_class": info.n_class, "labels": info.labels,
+               "width_mult": info.width_mult, "shift_blocks": list(info.shift_blocks), "fold_div": info.fold_div,
+               "shift": shift if shapes else "none"},
+        preprocess={"input_size": size, "resize_shorter": resize_size(size), "mean": list(info.mean),
+                    "std": list(info.std), "color_order": "rgb", "layout": "NCHW", "folded": False},
+        inputs=[TensorSpec(FRAME_INPUT, [1, 3, size, size])] + [TensorSpec(n, s) for n, s in zip(ins, shapes)],
+        outputs=[TensorSpec(LOGITS_OUTPUT, [1, info.n_class])] + [TensorSpec(n, s) for n, s in zip(outs, shapes)],
+        buffers=[BufferPair(i, o, s) for i, o, s in zip(ins, outs, shapes)],
+    )
+
+
+def export_onnx(model: MobileNetV2TSM, path: str | os.PathLike, *, opset: int | None = None,
+                simplify: bool = True, verbose: bool = False) -> Path:
+    """Write the per-frame graph of ``model`` to ``path``; return the path.
+
+    ``opset=None`` uses the exporter's default (torch's dynamo exporter, opset 20).
+    """
+    path = Path(path)
+    model = model.eval()
+    example = (torch.zeros(1, 3, model.input_size, model.input_size), *model.init_buffers(1))
+    ins, outs = buffer_names(len(example) - 1)
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    logging.getLogger("torch.onnx").setLevel(logging.INFO if verbose else logging.ERROR)
+    try:
+        with warnings.catch_warnings(), quiet:
+            warnings.simplefilter("ignore")
+            kwargs = {"opset_version": opset} if opset else {}
+            torch.onnx.export(model, example, str(path), input_names=[FRAME_INPUT, *ins],
+                              output_names=[LOGITS_OUTPUT, *outs], dynamo=True, external_data=False, **kwargs)
+    except Exception as exc:  # noqa: BLE001 -- the exporter raises many types; one line for the user
+        raise ExportError(f"torch.onnx.export failed: {str(exc).strip().splitlines()[0][:300]}") from exc
+    graph = onnx.load(str(path))
+    if simplify:
+        import onnxslim
+
+        graph = onnxslim.slim(graph)
+    onnx.checker.check_model(graph, full_check=True)
+    onnx.save(graph, str(path))
+    return path
+
+
+def stream_torch(model: MobileNetV2TSM, frames: np.ndarray) -> np.ndarray:
+    """Reference logits ``[T, n_class]`` of ``frames`` ``[T, 3, H, W]`` streamed with buffers carried."""
+    buffers = model.init_buffers(1)
+    out = []
+    with torch.inference_mode():
+        for frame in frames:
+            logits, *buffers = model(torch.from_numpy(frame)[None], *buffers)
+            out.append(logits[0].numpy())
+    return np.stack(out)
+
+
+def stream_onnxruntime(path: str | os.PathLike, manifest: Manifest, frames: np.ndarray) -> np.ndarray:
+    """Logits of ``frames`` streamed through ONNX Runtime, buffers carried by the manifest's names."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    state = {b.input: np.zeros(b.shape, np.dtype(b.dtype)) for b in manifest.buffers}
+    out = []
+    names = [manifest.logits_output] + [b.output for b in manifest.buffers]
+    for frame in frames:
+        results = session.run(names, {manifest.frame_input: frame[None], **state})
+        out.append(results[0][0])
+        state = {b.input: r for b, r in zip(manifest.buffers, results[1:])}
+    return np.stack(out)
+
+
+def deterministic_frames(n: int, input_size: int, seed: int = 0) -> np.ndarray:
+    """``n`` normalised frames ``[n, 3, S, S]`` for verification, the same on every machine."""
+    return np.random.default_rng(seed).standard_normal((n, 3, input_size, input_size)).astype(np.float32)

@@ -1,0 +1,1 @@
+"""Training online TSM in clip mode (``tsm-train``)."""
