@@ -197,7 +197,12 @@ def load_model(path_or_name: str | os.PathLike, *, n_class: int | None = None,
 
     path = Path(path_or_name)
     entry = None
-    if not path.exists():
+    if str(path_or_name) == weights.DEFAULT_NAME and not path.exists():
+        if weights.default_weights() is None:
+            raise CheckpointError("the built-in default model is not shipped in this build "
+                                  f"(expected {weights.DEFAULT_ASSET}); pass --weights PATH or 'jester'")
+        path = weights.DEFAULT_ASSET
+    elif not path.exists():
         entry = weights.find_entry(str(path_or_name))
         if entry is None:
             raise CheckpointError(

@@ -61,6 +61,17 @@ WEIGHTS: dict[str, WeightsEntry] = {
 }
 
 
+# The small model trained on the synthetic gesture set and shipped inside the package
+# (see ``tsm-train``); ``"default"`` names it wherever weights are asked for.
+DEFAULT_NAME = "default"
+DEFAULT_ASSET = Path(__file__).parent / "assets" / "default-synthetic.pt"
+
+
+def default_weights() -> Path | None:
+    """Path of the shipped default model, or ``None`` in a build that does not ship it."""
+    return DEFAULT_ASSET if DEFAULT_ASSET.is_file() else None
+
+
 def find_entry(name: str) -> WeightsEntry | None:
     """The registry entry called ``name`` (or one of its aliases), if any."""
     for entry in WEIGHTS.values():
