@@ -1,0 +1,131 @@
+"""``tsm-demo``: real-time gesture recognition on a camera, a video, a folder of frames or synthetic frames.
+
+Thin by design: parse, check everything that can be checked before the model
+loads (output paths, window availability, the source), then hand over to
+:func:`online_tsm.demo.app.run_demo`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from online_tsm.cli_util import UserError, add_debug_flag, run_cli
+from online_tsm.demo.app import DemoOptions, run_demo
+from online_tsm.demo.model import UNTRAINED_WARNING, default_backend, load_demo_model
+from online_tsm.demo.sinks import ChangePrinter, JsonlSink, Sink, VideoSink, check_output_path, VIDEO_CODECS
+from online_tsm.demo.sources import SOURCE_HELP, open_source
+from online_tsm.smoothing import DEFAULT_DEBOUNCE, DEFAULT_HISTORY, PredictionSmoother, default_ignored, resolve_ignored
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tsm-demo", description=__doc__.splitlines()[0].split(": ", 1)[1],
+        epilog="Window keys: q or Esc quits, f toggles full screen. Example without camera or screen: "
+               "tsm-demo --source synthetic --headless --output out.mp4 --log preds.jsonl --frames 120")
+    src = p.add_argument_group("input")
+    src.add_argument("--source", default="0", help=f"{SOURCE_HELP} (default: camera 0)")
+    src.add_argument("--width", type=positive_int, default=320, help="camera / synthetic frame width (default 320)")
+    src.add_argument("--height", type=positive_int, default=240,
+                     help="camera / synthetic frame height (default 240, as in the paper's demo)")
+    src.add_argument("--fps", type=float, default=30.0,
+                     help="frame rate of a folder of frames or synthetic frames (default 30)")
+    src.add_argument("--frames", type=positive_int, help="stop after this many frames (default: until the end)")
+    src.add_argument("--queue", type=positive_int, default=1,
+                     help="camera frames buffered before the oldest is dropped (default 1: always the newest)")
+    src.add_argument("--seed", type=int, default=0, help="seed of synthetic frames and of untrained weights")
+
+    model = p.add_argument_group("model")
+    model.add_argument("--backend", default=default_backend(),
+                       help=f"runtime backend (default {default_backend()})")
+    which = model.add_mutually_exclusive_group()
+    which.add_argument("--artifact", metavar="DIR", help="export folder written by tsm-export")
+    which.add_argument("--weights", metavar="PATH_OR_NAME",
+                       help="checkpoint file or registry name, e.g. 'jester' (default: the shipped default model)")
+
+    smooth = p.add_argument_group("smoothing")
+    smooth.add_argument("--history", type=positive_int, default=DEFAULT_HISTORY,
+                        help=f"average the logits of this many inferences (default {DEFAULT_HISTORY})")
+    smooth.add_argument("--debounce", type=positive_int, default=DEFAULT_DEBOUNCE,
+                        help="consecutive inferences a new class needs before it is shown "
+                             f"(default {DEFAULT_DEBOUNCE}; 1 = switch at once)")
+    smooth.add_argument("--ignore", metavar="NAMES",
+                        help="comma-separated class names never shown ('' for none; default for the 27 Jester "
+                             "classes: the five the paper's demo ignored, e.g. 'Rolling Hand Forward')")
+    smooth.add_argument("--every", type=positive_int, default=1,
+                        help="run the model on every n-th frame only, drawing all (the paper's demo used 2)")
+
+    out = p.add_argument_group("output")
+    out.add_argument("--headless", action="store_true", help="no window (servers, SSH, CI)")
+    out.add_argument("--output", metavar="FILE", help=f"write the annotated video ({', '.join(VIDEO_CODECS)}; "
+                                                      "MPEG-4 Part 2, as OpenCV's wheels have no H.264 encoder)")
+    out.add_argument("--log", metavar="FILE", help="write one JSON object per frame (.jsonl)")
+    out.add_argument("--display-width", type=int, default=640,
+                     help="draw and write frames at this width (default 640; 0 = as captured)")
+    add_debug_flag(p)
+    return p
+
+
+def demo_main(args: argparse.Namespace) -> int:
+    # Everything that can fail cheaply fails before the model loads.
+    sinks: list[Sink] = []
+    if args.output:
+        check_output_path(args.output, VIDEO_CODECS, "output video")
+    if args.log:
+        check_output_path(args.log, (".jsonl", ".json", ".log", ".txt"), "log file")
+    if not args.headless:
+        from online_tsm.demo.window import WindowSink  # only a windowed run needs HighGUI
+        sinks.append(WindowSink())
+    if args.display_width < 0:
+        raise UserError(f"--display-width must be >= 0, got {args.display_width}")
+
+    source = open_source(args.source, width=args.width, height=args.height, fps=args.fps,
+                         queue_size=args.queue, seed=args.seed)
+    with source:
+        demo = load_demo_model(args.backend, artifact=args.artifact, weights=args.weights, seed=args.seed)
+        runtime = demo.runtime
+        with runtime:
+            ignored = default_ignored(runtime.labels) if args.ignore is None \
+                else resolve_ignored(args.ignore, runtime.labels)
+            smoother = PredictionSmoother(runtime.n_class, history=args.history, debounce=args.debounce,
+                                          ignore=ignored)
+            if args.output:
+                sinks.append(VideoSink(args.output, source.fps))
+            if args.log:
+                sinks.append(JsonlSink(args.log))
+            if args.headless and not (args.output or args.log):
+                sinks.append(ChangePrinter())
+            warn = UNTRAINED_WARNING if demo.untrained else ""
+            print(f"tsm-demo: {source.description} -> {runtime.backend} ({runtime.description or 'runtime'}); "
+                  f"{demo.source}; {runtime.n_class} classes", file=sys.stderr)
+            if ignored:
+                print(f"tsm-demo: ignoring {', '.join(runtime.labels[i] for i in ignored)}", file=sys.stderr)
+            if demo.untrained:
+                print(f"tsm-demo: warning: {UNTRAINED_WARNING} -- predictions are meaningless; "
+                      "pass --weights or --artifact for a trained model", file=sys.stderr)
+            options = DemoOptions(every=args.every, max_frames=args.frames, display_width=args.display_width,
+                                  pace=not args.headless, warning=warn)
+            summary = run_demo(runtime, source, smoother, sinks, options)
+    written = ", ".join(str(p) for p in (args.output, args.log) if p)
+    print(f"tsm-demo: {summary.frames} frames in {summary.seconds:.1f} s ({summary.video_fps:.1f} fps shown; "
+          f"model {summary.model_fps:.1f} inferences/s on {runtime.backend}; {summary.inferences} inferences), "
+          f"{summary.dropped} dropped" + (f"; wrote {written}" if written else ""), file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(demo_main, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

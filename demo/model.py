@@ -1,0 +1,88 @@
+"""Which model the demo runs: an exported artifact, a checkpoint, the shipped default, or (last) random weights.
+
+Random weights are a fallback for a build that does not ship the default
+model, so that the demo still shows the whole pipeline working; the overlay
+and the console then say "untrained weights" on every frame, because a
+confident-looking label from an untrained model would mislead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from online_tsm.checkpoint import model_info
+from online_tsm.cli_util import UserError
+from online_tsm.labels import JESTER_LABELS
+from online_tsm.models import MobileNetV2TSM
+from online_tsm.runtimes import BACKENDS, Runtime, open_runtime
+from online_tsm.weights import DEFAULT_NAME, default_weights
+
+UNTRAINED_WARNING = "untrained weights"
+# Backends that run a checkpoint directly; every other backend runs an exported folder.
+CHECKPOINT_BACKENDS = ("torch",)
+
+
+def default_backend() -> str:
+    """``auto`` (the fastest available) where the runtimes offer it, else the PyTorch reference."""
+    return "auto" if "auto" in BACKENDS else "torch"
+
+
+@dataclass
+class DemoModel:
+    runtime: Runtime
+    source: str          # where the weights came from, in words
+    untrained: bool
+
+
+def random_model(seed: int = 0, n_class: int = len(JESTER_LABELS)) -> MobileNetV2TSM:
+    """A reproducible untrained model with Jester's label set.
+
+    The stock initialisation, run in eval mode, shrinks the signal to nothing
+    (logits ~1e-9, every class at 1/n_class) and the overlay would never move.
+    He-scaled weights and random BatchNorm statistics keep logits of order 1,
+    so labels change with the frames and the smoothing can be seen at work.
+    The predictions mean nothing either way.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    model = MobileNetV2TSM(n_class=n_class).eval()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not torch.is_floating_point(tensor):
+                continue
+            if name.endswith("running_var") or (tensor.dim() == 1 and name.endswith("weight")):
+                tensor.copy_(torch.rand(tensor.shape, generator=gen) * 0.5 + 0.75)
+            elif name.endswith("running_mean") or name.endswith("bias"):
+                tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.1)
+            else:
+                tensor.copy_(torch.randn(tensor.shape, generator=gen) * (2.0 / tensor[0].numel()) ** 0.5)
+    model.info = model_info(model)
+    return model
+
+
+def load_demo_model(backend: str, artifact: str | Path | None = None, weights: str | None = None,
+                    seed: int = 0) -> DemoModel:
+    """Open the runtime the demo streams through (see the module docstring for the order of choices)."""
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}; available here: {', '.join(BACKENDS)}")
+    if artifact is not None:
+        if backend in CHECKPOINT_BACKENDS:
+            others = [b for b in BACKENDS if b not in CHECKPOINT_BACKENDS]
+            raise UserError(f"--backend {backend} runs a checkpoint (--weights), not an exported folder; "
+                            f"for --artifact use one of: {', '.join(others) or '(none installed)'}")
+        path = Path(artifact).expanduser()
+        if not path.is_dir():
+            raise UserError(f"no such export folder: {path} (tsm-export writes one)")
+        return DemoModel(open_runtime(str(path), backend=backend), f"artifact {path}", untrained=False)
+
+    if backend not in CHECKPOINT_BACKENDS and backend != "auto":
+        raise UserError(f"--backend {backend} runs an exported folder: pass --artifact DIR (written by tsm-export), "
+                        f"or use --backend torch with --weights")
+    name = weights or DEFAULT_NAME
+    if name == DEFAULT_NAME and not Path(name).exists() and default_weights() is None:
+        model = random_model(seed)
+        return DemoModel(open_runtime(model, backend="torch"),
+                         f"random weights (seed {seed}): this build ships no trained default model", untrained=True)
+    # A checkpoint always runs on the PyTorch backend, also under "auto".
+    return DemoModel(open_runtime(name, backend="torch"), f"weights {name}", untrained=False)

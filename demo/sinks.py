@@ -1,0 +1,103 @@
+"""Where the annotated frames and per-frame predictions go: a video file, a JSON-lines log, the console.
+
+Each sink gets ``write(image, record)`` for every frame and ``close()`` once;
+``write`` returns False to stop the demo (only the window does that).  The
+record is the same dict that is written to the log, so what a user sees and
+what is logged cannot disagree.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+import cv2
+import numpy as np
+
+from online_tsm.cli_util import UserError
+
+# OpenCV's pip wheels carry FFmpeg without an H.264 encoder (licensing), so MPEG-4 Part 2 it is.
+VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
+
+
+class Sink(Protocol):
+    def write(self, image: np.ndarray, record: dict[str, Any]) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+def check_output_path(path: str | Path, suffixes: tuple[str, ...] | dict[str, str], what: str) -> Path:
+    """Fail before any work if the file could not be written: wrong suffix or an unwritable folder."""
+    path = Path(path).expanduser()
+    if path.suffix.lower() not in suffixes:
+        raise UserError(f"{what} {path} must end in one of {', '.join(suffixes)}")
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; expected a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the folder for {what} {path}: {exc.strerror}") from None
+    return path
+
+
+class VideoSink:
+    """Annotated frames into a video file; opened on the first frame, whose size fixes the video's."""
+
+    def __init__(self, path: str | Path, fps: float) -> None:
+        self.path = check_output_path(path, VIDEO_CODECS, "output video")
+        self.fps = fps
+        self.frames = 0
+        self._writer: cv2.VideoWriter | None = None
+        self._size: tuple[int, int] | None = None
+
+    def write(self, image: np.ndarray, record: dict[str, Any]) -> bool:
+        if self._writer is None:
+            self._size = (image.shape[1], image.shape[0])
+            fourcc = cv2.VideoWriter_fourcc(*VIDEO_CODECS[self.path.suffix.lower()])
+            self._writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, self._size)
+            if not self._writer.isOpened():
+                raise UserError(f"cannot write video {self.path} (OpenCV could not open an encoder for it)")
+        if (image.shape[1], image.shape[0]) != self._size:  # a folder of frames of mixed sizes
+            image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
+        self._writer.write(image)
+        self.frames += 1
+        return True
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+
+
+class JsonlSink:
+    """One JSON object per frame (see :func:`online_tsm.demo.app.frame_record`)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = check_output_path(path, (".jsonl", ".json", ".log", ".txt"), "log file")
+        self._fh: TextIO = open(self.path, "w", encoding="utf-8")
+
+    def write(self, image: np.ndarray, record: dict[str, Any]) -> bool:
+        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        return True
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class ChangePrinter:
+    """Prints a line whenever the shown class changes, so a headless run without files still says something."""
+
+    def __init__(self, stream: TextIO = sys.stdout) -> None:
+        self.stream = stream
+        self._last: str | None = None
+
+    def write(self, image: np.ndarray, record: dict[str, Any]) -> bool:
+        label = record.get("label")
+        if label is not None and label != self._last:
+            print(f"frame {record['frame']:5d}  {record['time_s']:7.2f} s  {label}  ({record['confidence']:.2f})",
+                  file=self.stream, flush=True)
+        self._last = label
+        return True
+
+    def close(self) -> None:
+        pass
