@@ -87,15 +87,15 @@ class JsonlSink:
 class ChangePrinter:
     """Prints a line whenever the shown class changes, so a headless run without files still says something."""
 
-    def __init__(self, stream: TextIO = sys.stdout) -> None:
-        self.stream = stream
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream  # None: whatever sys.stdout is when a line is printed
         self._last: str | None = None
 
     def write(self, image: np.ndarray, record: dict[str, Any]) -> bool:
         label = record.get("label")
         if label is not None and label != self._last:
             print(f"frame {record['frame']:5d}  {record['time_s']:7.2f} s  {label}  ({record['confidence']:.2f})",
-                  file=self.stream, flush=True)
+                  file=self.stream or sys.stdout, flush=True)
         self._last = label
         return True
 

@@ -1,0 +1,162 @@
+"""``tsm-demo`` end to end: the headless synthetic run of the issue, labels from a checkpoint, error paths."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from helpers import seeded_model
+from online_tsm.checkpoint import save_checkpoint
+from online_tsm.demo import cli
+from online_tsm.demo.model import UNTRAINED_WARNING, load_demo_model
+from online_tsm.labels import JESTER_LABELS
+from online_tsm.weights import default_weights
+
+SMALL_LABELS = [f"gesture {c}" for c in "ABCDEFGHIJ"]
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory):
+    """A 96x96, width 0.5, 10-class model with its own labels: fast, and proves labels come from metadata."""
+    path = tmp_path_factory.mktemp("demo") / "small.pt"
+    save_checkpoint(seeded_model(seed=3, width_mult=0.5, input_size=96, n_class=10), path, labels=SMALL_LABELS)
+    return path
+
+
+def read_log(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def video_stats(path) -> tuple[int, int, int]:
+    """(frames actually decoded, width, height)."""
+    cap = cv2.VideoCapture(str(path))
+    width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    frames = 0
+    while cap.read()[0]:
+        frames += 1
+    cap.release()
+    return frames, width, height
+
+
+def test_headless_synthetic_run_of_the_issue(tmp_path, monkeypatch, capsys):
+    """``tsm-demo --source synthetic --headless --output out.mp4 --log preds.jsonl --frames 120``."""
+    monkeypatch.chdir(tmp_path)
+    rc = cli.main(["--source", "synthetic", "--headless", "--output", "out.mp4", "--log", "preds.jsonl",
+                   "--frames", "120"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert video_stats(tmp_path / "out.mp4") == (120, 640, 480)   # 320x240 synthetic, drawn at 640 wide
+    records = read_log(tmp_path / "preds.jsonl")
+    assert [r["frame"] for r in records] == list(range(120))
+    times = [r["time_s"] for r in records]
+    assert times == sorted(times)
+    for r in records:
+        assert r["inferred"] is True and r["dropped"] == 0 and r["latency_ms"] > 0
+        assert r["label"] is None or r["label"] in JESTER_LABELS
+        assert len(r["top3"]) == 3 and all(t["label"] in JESTER_LABELS for t in r["top3"])
+        assert r["top3"][0]["p"] >= r["top3"][1]["p"] >= r["top3"][2]["p"]
+        assert r["label"] not in ("Rolling Hand Forward", "Pulling Hand In")   # Jester's default ignore list
+    assert "120 frames" in err and "wrote out.mp4, preds.jsonl" in err
+    assert (UNTRAINED_WARNING in err) == (default_weights() is None)
+
+
+def test_checkpoint_labels_every_other_frame_and_ignore_by_name(tmp_path, small_checkpoint, capsys):
+    log = tmp_path / "log" / "p.jsonl"     # the folder is created
+    rc = cli.main(["--source", "synthetic", "--headless", "--weights", str(small_checkpoint), "--every", "2",
+                   "--history", "1", "--debounce", "1", "--frames", "12", "--log", str(log)])
+    assert rc == 0, capsys.readouterr().err
+    records = read_log(log)
+    assert [r["inferred"] for r in records] == [True, False] * 6
+    assert {t["label"] for r in records for t in r["top3"]} <= set(SMALL_LABELS)
+    # inference skipped on odd frames: they repeat the previous frame's prediction
+    for prev, cur in zip(records[::2], records[1::2]):
+        assert (cur["label"], cur["top3"]) == (prev["label"], prev["top3"])
+    shown = {r["label"] for r in records}
+    rc = cli.main(["--source", "synthetic", "--headless", "--weights", str(small_checkpoint), "--history", "1",
+                   "--debounce", "1", "--frames", "12", "--log", str(log), "--ignore", ",".join(shown)])
+    assert rc == 0
+    assert not shown & {r["label"] for r in read_log(log)}
+
+
+def test_headless_without_files_prints_label_changes(small_checkpoint, capsys):
+    assert cli.main(["--source", "synthetic", "--headless", "--weights", str(small_checkpoint),
+                     "--frames", "5"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("frame     0") and "gesture" in out
+
+
+def test_folder_of_frames_and_video_file(tmp_path, small_checkpoint, capsys):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(6):
+        cv2.imwrite(str(frames / f"{i:04d}.png"), np.full((60, 80, 3), 40 * i, np.uint8))
+    video = tmp_path / "annotated.avi"
+    assert cli.main(["--source", str(frames), "--headless", "--weights", str(small_checkpoint),
+                     "--output", str(video), "--display-width", "0"]) == 0
+    assert video_stats(video) == (6, 80, 60)
+    log = tmp_path / "again.jsonl"
+    assert cli.main(["--source", str(video), "--headless", "--weights", str(small_checkpoint), "--log", str(log)]) == 0
+    assert len(read_log(log)) == 6
+
+
+# -- error paths: one line, non-zero exit -------------------------------------------------------
+
+def run_error(capsys, *argv: str) -> str:
+    rc = cli.main(list(argv))
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    return err
+
+
+def test_missing_camera(capsys):
+    assert "cannot open camera 99: no such camera" in run_error(capsys, "--source", "99", "--headless")
+
+
+def test_missing_file(tmp_path, capsys):
+    err = run_error(capsys, "--source", str(tmp_path / "missing.mp4"), "--headless")
+    assert "no such video file or folder" in err and "missing.mp4" in err
+
+
+def test_unreadable_file(tmp_path, capsys):
+    bad = tmp_path / "text.mp4"
+    bad.write_text("hello")
+    assert "as a video" in run_error(capsys, "--source", str(bad), "--headless")
+
+
+def test_empty_folder(tmp_path, capsys):
+    assert "no image files" in run_error(capsys, "--source", str(tmp_path), "--headless")
+
+
+def test_window_without_display_suggests_headless(monkeypatch, capsys):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    err = run_error(capsys, "--source", "synthetic")
+    assert "use --headless" in err
+
+
+def test_bad_output_names(tmp_path, capsys):
+    assert "must end in one of .mp4" in run_error(capsys, "--source", "synthetic", "--headless",
+                                                  "--output", str(tmp_path / "x.gif"))
+    assert "log file" in run_error(capsys, "--source", "synthetic", "--headless", "--log", str(tmp_path / "x.csv"))
+
+
+def test_unknown_class_to_ignore(small_checkpoint, capsys):
+    err = run_error(capsys, "--source", "synthetic", "--headless", "--weights", str(small_checkpoint),
+                    "--ignore", "Waving")
+    assert "unknown class name(s) to ignore: 'Waving'" in err and "gesture A" in err
+
+
+def test_backend_errors(tmp_path, capsys):
+    assert "unknown backend 'nope'" in run_error(capsys, "--source", "synthetic", "--headless", "--backend", "nope")
+    err = run_error(capsys, "--source", "synthetic", "--headless", "--backend", "torch", "--artifact", str(tmp_path))
+    assert "runs a checkpoint (--weights), not an exported folder" in err
+
+
+def test_untrained_fallback_is_labelled(monkeypatch):
+    monkeypatch.setattr("online_tsm.demo.model.default_weights", lambda: None)
+    demo = load_demo_model("torch")
+    assert demo.untrained and "random weights" in demo.source
+    assert demo.runtime.labels == list(JESTER_LABELS)
