@@ -1,0 +1,228 @@
+"""aarch64 artifacts checked numerically under qemu user-mode emulation (issue 9).
+
+The emulated checks run in ONE emulated process per test session (importing
+TVM costs seconds under qemu): a deliberately corrupted library first (it
+crashes that process, so the rest run in a second one), then the
+raspberry-pi-4 artifact of a small model, the android-arm64 artifact (a .tar
+linked against glibc for the check) and the full-size 224 model.
+
+They skip only when qemu-user-static / debootstrap / the aarch64 cross
+compiler are genuinely absent, and never in CI (``CI`` set), where
+``.ci/run`` installs them.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from online_tsm.export.emulate import (EMULATED_TIMING_NOTE, EmulatedCheck, EmulationCheckError, elf_machine,
+                                       tolerance_for, verify_emulated, verify_emulated_many)
+from online_tsm.export.manifest import ManifestError, load_manifest, write_manifest
+from online_tsm.export.sysroot import EmulationUnavailable, ensure_sysroot, file_lock, missing_system_packages
+
+AARCH64_LINUX = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]}
+AARCH64_ANDROID = {"kind": "llvm", "mtriple": "aarch64-linux-android", "mcpu": "cortex-a76", "mattr": ["+neon"]}
+
+
+def _require_emulator() -> None:
+    missing = missing_system_packages()
+    if not shutil.which("aarch64-linux-gnu-gcc"):
+        missing.append("gcc-aarch64-linux-gnu")
+    if missing:
+        message = f"aarch64 emulation needs the Debian packages {', '.join(missing)} (apt-get install them)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; .ci/run installs them, so in CI this is a set-up error")
+        pytest.skip(message)
+
+
+# -- artifacts ----------------------------------------------------------------------------------------
+def _build_artifact(model, target_name: str, out_dir: Path) -> Path:
+    """A compiled artifact as ``tsm-export`` writes it (stand-in until export_artifact lands)."""
+    import onnx
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from online_tsm.export.onnx import build_manifest, deterministic_frames, export_onnx, stream_torch
+
+    out_dir.mkdir(parents=True)
+    manifest = build_manifest(model)
+    onnx_path = export_onnx(model, out_dir / "model.onnx")
+    mod = from_onnx(onnx.load(str(onnx_path)), shape_dict={s.name: s.shape for s in manifest.inputs},
+                    keep_params_in_input=False)
+    android = target_name == "android-arm64"
+    executable = tvm.compile(mod, tvm.target.Target(AARCH64_ANDROID if android else AARCH64_LINUX))
+    if android:   # no NDK here: object files, as the exporter ships them
+        library = "model.tar"
+        executable.export_library(str(out_dir / library))
+    else:
+        library = "model.so"
+        executable.export_library(str(out_dir / library),
+                                  fcompile=tvm.support.cc.cross_compiler("aarch64-linux-gnu-gcc"))
+    np.savez(out_dir / "reference.npz",
+             logits=stream_torch(model, deterministic_frames(16, manifest.input_size)))
+    manifest.target = {"name": target_name, "mtriple": (AARCH64_ANDROID if android else AARCH64_LINUX)["mtriple"]}
+    write_manifest(out_dir, manifest, {"model.onnx": "onnx", library: "library", "reference.npz": "reference"})
+    return out_dir
+
+
+def _copy_with_library(source: Path, dest: Path, library_bytes: bytes | None) -> Path:
+    """A copy of ``source`` whose library is replaced (or removed, with None) and whose manifest is re-hashed."""
+    shutil.copytree(source, dest)
+    manifest = load_manifest(dest)
+    library = manifest.file_with_role("library")
+    if library_bytes is None:
+        (dest / library).unlink()
+        manifest.files.pop(library)
+    else:
+        (dest / library).write_bytes(library_bytes)
+    write_manifest(dest, manifest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory, model_small, model_224) -> dict[str, Path]:
+    _require_emulator()
+    base = tmp_path_factory.mktemp("emulate")
+    built = {"small-rpi": _build_artifact(model_small, "raspberry-pi-4", base / "small-rpi"),
+             "small-android": _build_artifact(model_small, "android-arm64", base / "small-android"),
+             "224-rpi": _build_artifact(model_224, "raspberry-pi-4", base / "224-rpi")}
+    so = (built["small-rpi"] / "model.so").read_bytes()
+    built["corrupt"] = _copy_with_library(built["small-rpi"], base / "corrupt", so[: len(so) // 3])
+    return built
+
+
+@pytest.fixture(scope="module")
+def emulated(artifacts) -> dict[str, EmulatedCheck]:
+    """All emulated checks of the session, in one call (the corrupted library first, to test recovery)."""
+    ensure_sysroot()   # the first preparation is slow and reported; not part of the check below
+    order = ["corrupt", "small-rpi", "small-android", "224-rpi"]
+    results = verify_emulated_many([artifacts[name] for name in order])
+    return dict(zip(order, results))
+
+
+# -- the emulated checks --------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["small-rpi", "224-rpi"])
+def test_raspberry_pi_artifact_matches_pytorch_under_emulation(emulated, name):
+    result = emulated[name]
+    assert result.error is None, result.error
+    assert result.passed is True, result.summary()
+    assert result.max_abs_diff <= result.tolerance
+    assert result.tolerance == pytest.approx(max(1e-4, 1e-4 * result.max_abs_reference))
+    assert result.max_abs_reference > 1.0        # non-trivial logits, so the comparison means something
+    assert result.n_frames == 16
+    assert EMULATED_TIMING_NOTE in result.notes
+    assert "max abs diff vs PyTorch" in result.summary()
+
+
+def test_android_object_files_are_linked_against_glibc_for_the_check_only(emulated):
+    result = emulated["small-android"]
+    assert result.passed is True, result.summary()
+    assert result.library == "model.tar"
+    assert any("against glibc" in note and "for this check only" in note and "NDK" in note
+               for note in result.notes), result.notes
+
+
+def test_corrupted_library_fails_clearly_and_the_other_checks_still_run(emulated):
+    result = emulated["corrupt"]
+    assert result.passed is False
+    assert result.max_abs_diff is None
+    assert "while loading or running this library" in result.error or "could not load" in result.error
+    assert "FAILED" in result.summary()
+    assert emulated["small-rpi"].passed is True   # it ran in the fresh process started after the crash
+
+
+def test_emulated_results_never_carry_timings(emulated):
+    names = {f.name for f in fields(EmulatedCheck)}
+    assert not names & {"latency", "latency_ms", "time", "timing", "fps", "seconds"}
+    assert all(r.emulated for r in emulated.values())
+
+
+# -- clear failures before any emulation -----------------------------------------------------------------
+def test_wrong_architecture_library_fails_clearly(artifacts, tmp_path):
+    x86_library = Path(sys.executable).resolve().read_bytes()   # an x86-64 ELF on these machines
+    folder = _copy_with_library(artifacts["small-rpi"], tmp_path / "x86", x86_library)
+    expected = elf_machine(x86_library)
+    assert expected != "aarch64"
+    with pytest.raises(EmulationCheckError, match=rf"model\.so is {expected}, not aarch64"):
+        verify_emulated(folder)
+
+
+def test_tampered_library_is_caught_by_the_manifest(artifacts, tmp_path):
+    folder = tmp_path / "tampered"
+    shutil.copytree(artifacts["small-rpi"], folder)
+    with open(folder / "model.so", "r+b") as fh:
+        fh.seek(4096)
+        fh.write(b"\0" * 64)
+    with pytest.raises(ManifestError, match=r"model\.so does not match manifest\.json"):
+        verify_emulated(folder)
+
+
+def test_artifact_without_a_library_is_refused(artifacts, tmp_path):
+    folder = _copy_with_library(artifacts["small-rpi"], tmp_path / "onnx-only", None)
+    with pytest.raises(EmulationCheckError, match="has no compiled library"):
+        verify_emulated(folder)
+
+
+def test_too_many_frames_is_refused(artifacts):
+    with pytest.raises(EmulationCheckError, match=r"n_frames must be between 1 and 16.*got 17"):
+        verify_emulated(artifacts["small-rpi"], n_frames=17)
+
+
+def test_folder_that_is_not_an_artifact_is_refused(tmp_path):
+    with pytest.raises(ManifestError, match="has no manifest.json"):
+        verify_emulated(tmp_path)
+
+
+# -- the environment --------------------------------------------------------------------------------------
+def test_missing_qemu_names_the_package(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(EmulationUnavailable, match=r"qemu-aarch64-static not found: install .*qemu-user-static"):
+        ensure_sysroot(progress=None)
+
+
+def test_missing_debootstrap_names_the_package(tmp_path, monkeypatch):
+    qemu = shutil.which("qemu-aarch64-static") or "/usr/bin/true"   # only its presence matters here
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "qemu-aarch64-static").symlink_to(qemu)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setenv("ONLINE_TSM_CACHE", str(tmp_path / "cache"))   # nothing prepared there
+    monkeypatch.setattr("online_tsm.export.sysroot.EXTRA_TOOL_DIRS", ())
+    with pytest.raises(EmulationUnavailable, match=r"debootstrap not found: install .*package debootstrap"):
+        ensure_sysroot(progress=None)
+    assert not any((tmp_path / "cache" / "emulation").glob("arm64-*")), "no half-prepared sysroot may remain"
+
+
+def test_second_preparer_waits_for_the_lock(tmp_path):
+    lock = tmp_path / "lock"
+    said: list[str] = []
+    order: list[str] = []
+
+    def second():
+        with file_lock(lock, said.append):
+            order.append("second")
+
+    with file_lock(lock):
+        thread = threading.Thread(target=second)
+        thread.start()
+        time.sleep(0.3)
+        order.append("first done")
+    thread.join(5)
+    assert order == ["first done", "second"]
+    assert said and "waiting for another process" in said[0]
+
+
+def test_tolerance_and_elf_names():
+    assert tolerance_for(np.array([[0.5, -0.2]])) == 1e-4
+    assert tolerance_for(np.array([[3.0, -8.0]])) == pytest.approx(8e-4)
+    assert elf_machine(b"\x7fELF\x02\x01\x01" + b"\0" * 11 + b"\xb7\x00") == "aarch64"
+    assert elf_machine(b"\x7fELF\x02\x01\x01" + b"\0" * 11 + b"\x3e\x00") == "x86-64"
+    assert elf_machine(b"MZ\x90\x00") == "not an ELF file"
