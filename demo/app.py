@@ -93,6 +93,7 @@ def run_demo(runtime: Runtime, source: FrameSource, smoother: PredictionSmoother
     if smoother.n_class != runtime.n_class:
         raise ValueError(f"the smoother expects {smoother.n_class} classes but the model has {runtime.n_class}")
     labels = runtime.labels
+    ignored = frozenset(labels[i] for i in smoother.ignore)
     stream = runtime.new_stream()
     video_rate, model_rate = RateMeter(), RateMeter()
     prediction: SmoothedPrediction | None = None
@@ -123,7 +124,7 @@ def run_demo(runtime: Runtime, source: FrameSource, smoother: PredictionSmoother
                 label=record["label"], confidence=record["confidence"],
                 top=[(t["label"], t["p"]) for t in record["top3"]],
                 video_fps=video_rate.rate, model_fps=model_rate.rate, backend=runtime.backend,
-                dropped=source.dropped, every=opts.every, warning=opts.warning)
+                dropped=source.dropped, every=opts.every, warning=opts.warning, ignored=ignored)
             annotated = draw_overlay(fit_width(image, opts.display_width), state)
             frames += 1
             if not all([sink.write(annotated, record) for sink in sinks]):

@@ -13,7 +13,8 @@ from typing import Sequence
 from online_tsm.cli_util import UserError, add_debug_flag, run_cli
 from online_tsm.demo.app import DemoOptions, run_demo
 from online_tsm.demo.model import UNTRAINED_WARNING, default_backend, load_demo_model
-from online_tsm.demo.sinks import ChangePrinter, JsonlSink, Sink, VideoSink, check_output_path, VIDEO_CODECS
+from online_tsm.demo.sinks import (VIDEO_CODECS, ChangePrinter, JsonlSink, ScreenshotSink, Sink, VideoSink,
+                                   check_output_path)
 from online_tsm.demo.sources import SOURCE_HELP, open_source
 from online_tsm.smoothing import DEFAULT_DEBOUNCE, DEFAULT_HISTORY, PredictionSmoother, default_ignored, resolve_ignored
 
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--output", metavar="FILE", help=f"write the annotated video ({', '.join(VIDEO_CODECS)}; "
                                                       "MPEG-4 Part 2, as OpenCV's wheels have no H.264 encoder)")
     out.add_argument("--log", metavar="FILE", help="write one JSON object per frame (.jsonl)")
+    out.add_argument("--screenshot", metavar="FILE", help="save the last annotated frame (.png or .jpg)")
     out.add_argument("--display-width", type=int, default=640,
                      help="draw and write frames at this width (default 640; 0 = as captured)")
     add_debug_flag(p)
@@ -83,6 +85,8 @@ def demo_main(args: argparse.Namespace) -> int:
         check_output_path(args.output, VIDEO_CODECS, "output video")
     if args.log:
         check_output_path(args.log, (".jsonl", ".json", ".log", ".txt"), "log file")
+    if args.screenshot:
+        check_output_path(args.screenshot, (".png", ".jpg", ".jpeg"), "screenshot")
     if not args.headless:
         from online_tsm.demo.window import WindowSink  # only a windowed run needs HighGUI
         sinks.append(WindowSink())
@@ -103,6 +107,8 @@ def demo_main(args: argparse.Namespace) -> int:
                 sinks.append(VideoSink(args.output, source.fps))
             if args.log:
                 sinks.append(JsonlSink(args.log))
+            if args.screenshot:
+                sinks.append(ScreenshotSink(args.screenshot))
             if args.headless and not (args.output or args.log):
                 sinks.append(ChangePrinter())
             warn = UNTRAINED_WARNING if demo.untrained else ""
@@ -116,7 +122,7 @@ def demo_main(args: argparse.Namespace) -> int:
             options = DemoOptions(every=args.every, max_frames=args.frames, display_width=args.display_width,
                                   pace=not args.headless, warning=warn)
             summary = run_demo(runtime, source, smoother, sinks, options)
-    written = ", ".join(str(p) for p in (args.output, args.log) if p)
+    written = ", ".join(str(p) for p in (args.output, args.log, args.screenshot) if p)
     print(f"tsm-demo: {summary.frames} frames in {summary.seconds:.1f} s ({summary.video_fps:.1f} fps shown; "
           f"model {summary.model_fps:.1f} inferences/s on {runtime.backend}; {summary.inferences} inferences), "
           f"{summary.dropped} dropped" + (f"; wrote {written}" if written else ""), file=sys.stderr)

@@ -27,6 +27,7 @@ class OverlayState:
     dropped: int = 0
     every: int = 1
     warning: str = ""                          # e.g. "untrained weights": drawn in red, top right
+    ignored: frozenset[str] = frozenset()      # classes never shown: greyed out in the top-3
 
 
 def fit_width(image: np.ndarray, width: int) -> np.ndarray:
@@ -68,13 +69,15 @@ def draw_overlay(image: np.ndarray, state: OverlayState) -> np.ndarray:
     y = pad + int(26 * s) + line
     _text(out, f"confidence {state.confidence:.0%}", (pad, y), 0.5 * s, WHITE)
     bar_w = int(90 * s)
-    for rank, (name, p) in enumerate(state.top, 1):
+    for name, p in state.top:
         y += line
         x_bar = pad
         cv2.rectangle(out, (x_bar, y - int(11 * s)), (x_bar + bar_w, y + int(2 * s)), GREY, 1)
         cv2.rectangle(out, (x_bar, y - int(11 * s)), (x_bar + int(bar_w * min(1.0, max(0.0, p))), y + int(2 * s)),
-                      GREEN if rank == 1 else GREY, -1)
-        _text(out, f"{name} {p:.2f}", (x_bar + bar_w + int(6 * s), y), 0.45 * s, WHITE)
+                      GREEN if name == state.label else GREY, -1)
+        ignored = name in state.ignored
+        _text(out, f"{name} {p:.2f}" + (" (ignored)" if ignored else ""), (x_bar + bar_w + int(6 * s), y),
+              0.45 * s, GREY if ignored else WHITE)
 
     # bottom bar: rates, backend, inference stride, dropped frames
     bar_h = int(26 * s)

@@ -84,6 +84,24 @@ class JsonlSink:
         self._fh.close()
 
 
+class ScreenshotSink:
+    """Keeps the latest annotated frame and saves it as an image at the end (the README's screenshot)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = check_output_path(path, (".png", ".jpg", ".jpeg"), "screenshot")
+        self._last: np.ndarray | None = None
+
+    def write(self, image: np.ndarray, record: dict[str, Any]) -> bool:
+        self._last = image
+        return True
+
+    def close(self) -> None:
+        png = self.path.suffix.lower() == ".png"
+        params = [cv2.IMWRITE_PNG_COMPRESSION, 9] if png else [cv2.IMWRITE_JPEG_QUALITY, 85]
+        if self._last is not None and not cv2.imwrite(str(self.path), self._last, params):
+            raise UserError(f"cannot write screenshot {self.path}")
+
+
 class ChangePrinter:
     """Prints a line whenever the shown class changes, so a headless run without files still says something."""
 

@@ -27,7 +27,7 @@ from online_tsm.synthetic import synthetic_frames
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Motions the continuous synthetic stream cycles through (names of online_tsm.synthetic).
-SYNTHETIC_CYCLE = ("swipe-left", "swipe-right", "swipe-up", "swipe-down", "zoom-in", "zoom-out", "still")
+SYNTHETIC_CYCLE = ("swipe-left", "swipe-right", "swipe-up", "swipe-down", "zoom-in", "zoom-out", "still", "jitter")
 SOURCE_HELP = "a camera index (0), a video file, a folder of frames, or 'synthetic'"
 
 
@@ -271,7 +271,7 @@ class FolderSource(FrameSource):
 class SyntheticSource(FrameSource):
     """Endless generated gestures: ``clip_frames`` frames of each motion of :data:`SYNTHETIC_CYCLE` in turn."""
 
-    def __init__(self, width: int = 320, height: int = 240, seed: int = 0, clip_frames: int = 48,
+    def __init__(self, width: int = 320, height: int = 240, seed: int = 0, clip_frames: int = 32,
                  fps: float = 30.0) -> None:
         if width < 16 or height < 16:
             raise SourceError(f"synthetic frames must be at least 16x16, got {width}x{height}")
