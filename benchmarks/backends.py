@@ -1,0 +1,151 @@
+"""What the benchmark knows about each backend: which artifact it runs and how to open it.
+
+One row per backend, as data.  ``target`` is the export target whose
+artifact the backend runs (``None``: it runs the PyTorch model directly);
+``baseline`` marks a yardstick rather than a backend users pick.
+"""
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import os
+import platform
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from online_tsm.cli_util import UserError
+from online_tsm.models import MobileNetV2TSM
+from online_tsm.runtimes import BACKENDS, open_runtime
+from online_tsm.runtimes.base import Runtime
+
+ONNX_TARGET = "onnx"
+HOST_TVM_TARGET = "host"
+
+
+@dataclass(frozen=True)
+class BackendPlan:
+    name: str
+    runtime: str                 # name for open_runtime, or "ort-plain" for the yardstick
+    target: str | None           # export target of the artifact it runs
+    needs: tuple[str, ...] = ()  # Python modules it needs
+    baseline: bool = False
+    remote: bool = False
+    on_by_default: bool = True
+
+
+BACKEND_PLANS: dict[str, BackendPlan] = {
+    p.name: p
+    for p in (
+        BackendPlan("torch", "torch", None, ("torch",)),
+        BackendPlan("onnxruntime", "onnxruntime", ONNX_TARGET, ("onnxruntime",)),
+        BackendPlan("ort-plain", "ort-plain", ONNX_TARGET, ("onnxruntime",), baseline=True),
+        BackendPlan("tvm", "tvm", HOST_TVM_TARGET, ("tvm",)),
+        BackendPlan("tensorrt", "tensorrt", ONNX_TARGET, ("tensorrt",)),
+        BackendPlan("tvm-rpc", "tvm-rpc", None, ("tvm",), remote=True, on_by_default=False),
+    )
+}
+
+
+def backend_availability() -> dict[str, str | None]:
+    """Backend name -> ``None`` when it can run here, else the reason it cannot (shown in the table)."""
+    out: dict[str, str | None] = {}
+    for name, plan in BACKEND_PLANS.items():
+        runtime_ok = plan.runtime == "ort-plain" or plan.runtime in BACKENDS
+        missing = [m for m in plan.needs if importlib.util.find_spec(m) is None]
+        if not runtime_ok:
+            out[name] = f"no {plan.runtime} runtime in this online-tsm build"
+        elif missing:
+            out[name] = f"Python package {', '.join(missing)} not installed"
+        else:
+            out[name] = None
+    return out
+
+
+def default_bench_backends(remote: bool = False) -> list[str]:
+    """Every backend on by default (those that cannot run here still get a 'skipped' row)."""
+    names = [n for n, p in BACKEND_PLANS.items() if p.on_by_default]
+    return names + (["tvm-rpc"] if remote else [])
+
+
+def export_for_plan(model: MobileNetV2TSM, target: str, out_dir: Path, shift: str) -> Path:
+    """Write the artifact of ``model`` for ``target`` (``shift="none"``: the TSN baseline) into ``out_dir``."""
+    try:
+        from online_tsm.export.api import export_artifact
+    except ImportError:  # TEMPORARY until the exporter lands
+        return _interim_onnx_export(model, target, out_dir, shift)
+    return Path(export_artifact(model, target, out_dir, shift=shift, verify=False))
+
+
+def _interim_onnx_export(model, target, out_dir, shift):  # TEMPORARY
+    from online_tsm.export.manifest import write_manifest
+    from online_tsm.export.onnx import build_manifest, export_onnx
+    from online_tsm.benchmarks.models import tsn_twin
+    if target != ONNX_TARGET:
+        raise RuntimeError(f"no exporter for {target} yet")
+    m = tsn_twin(model) if shift == "none" else model
+    out_dir.mkdir(parents=True)
+    export_onnx(m, out_dir / "model.onnx")
+    write_manifest(out_dir, build_manifest(m, shift=shift), {"model.onnx": "onnx"})
+    return out_dir
+
+
+@dataclass(frozen=True)
+class RemoteSpec:
+    host: str
+    port: int
+    target: str
+
+    @classmethod
+    def parse(cls, rpc: str, target: str | None) -> "RemoteSpec":
+        host, sep, port = rpc.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise UserError(f"--rpc expects HOST:PORT (e.g. 192.168.1.20:9090), got {rpc!r}")
+        if not target:
+            raise UserError("--rpc HOST:PORT needs --target NAME (the device's export target)")
+        return cls(host, int(port), target)
+
+    def source_label(self) -> str:
+        return f"measured on the device {self.target} at {self.host}:{self.port} (TVM RPC time_evaluator)"
+
+    def is_loopback(self) -> bool:
+        try:
+            return ipaddress.ip_address(socket.gethostbyname(self.host)).is_loopback
+        except (OSError, ValueError):
+            return False
+
+    def refuse_emulation(self, target_arch: str | None = None) -> None:
+        """An RPC server on this machine for another CPU architecture is an emulator: refuse to time it."""
+        arch = target_arch or _target_arch(self.target)
+        host_arch = platform.machine().lower().replace("amd64", "x86_64").replace("arm64", "aarch64")
+        if self.is_loopback() and arch and arch != host_arch:
+            raise UserError(f"the RPC server at {self.host}:{self.port} runs on this {host_arch} machine but target "
+                            f"{self.target} is {arch}: it can only be an emulator, whose timings are meaningless "
+                            "(run the RPC server on the real device)")
+
+
+def _target_arch(target: str) -> str | None:
+    """CPU architecture of an export target, from the exporter's targets table when it has one."""
+    try:
+        from online_tsm.export.targets import TARGETS  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    row = TARGETS.get(target) if isinstance(TARGETS, dict) else None
+    triple = str(getattr(row, "host_triple", "") or getattr(row, "triple", "") or "")
+    return triple.split("-")[0] or None
+
+
+def open_for_plan(plan: BackendPlan, source: Any, threads: int | None, remote: RemoteSpec | None) -> Runtime:
+    """Open ``source`` (a model or an artifact folder) with the plan's runtime."""
+    options: dict[str, Any] = {}
+    if threads:
+        options["threads"] = threads
+    if plan.runtime == "ort-plain":
+        from online_tsm.benchmarks.baselines import PlainOnnxRuntime
+
+        return PlainOnnxRuntime(source, **options)
+    if plan.remote:
+        assert remote is not None
+        options.update(host=remote.host, port=remote.port)
+    return open_runtime(source if not isinstance(source, (str, os.PathLike)) else Path(source), plan.runtime, **options)

@@ -1,0 +1,79 @@
+"""Which operators take the time: ONNX Runtime's own profiler, summed per operator type.
+
+A latency number says *how long*; when a target is missed the question is
+*where*.  ORT writes one event per node execution; summing their durations
+per op type over a few streamed frames (buffers carried) gives the share of
+each operator -- e.g. how much of a frame the shift's Slice/Concat cost next
+to the convolutions, and how many layout conversions (ORT's NCHWc
+``Reorder*``) it forces.  :func:`compare_profiles` puts TSM and TSN side by
+side, op by op.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from online_tsm.export.manifest import load_manifest
+
+# The shift as ORT runs it: Slice pairs fused into Split, then Concat.
+SHIFT_OPS = ("Slice", "Split", "Concat")
+
+
+def profile_onnxruntime(artifact: str | os.PathLike, frames: np.ndarray, *, warmup: int = 5,
+                        threads: int | None = None) -> dict[str, Any]:
+    """Per-op-type milliseconds per frame for ``frames`` ``[T, ...]`` streamed through the artifact's ONNX graph."""
+    import onnxruntime as ort
+
+    folder = Path(artifact)
+    manifest = load_manifest(folder)
+    onnx_file = folder / (manifest.file_with_role("onnx") or "model.onnx")
+    names = [manifest.logits_output] + [b.output for b in manifest.buffers]
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+        state = {b.input: np.zeros(b.shape, np.dtype(b.dtype)) for b in manifest.buffers}
+        for i in range(warmup + len(frames)):
+            out = session.run(names, {manifest.frame_input: frames[i % len(frames)][None], **state})
+            state = {b.input: r for b, r in zip(manifest.buffers, out[1:])}
+        events = json.loads(Path(session.end_profiling()).read_text())
+    runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    timed_runs = runs[warmup:]
+    first_ts = timed_runs[0]["ts"] if timed_runs else 0
+    by_op: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time") or e.get("ts", 0) < first_ts:
+            continue
+        op = e.get("args", {}).get("op_name", "?")
+        by_op[op] = by_op.get(op, 0.0) + e.get("dur", 0) / 1e3
+    n = max(1, len(timed_runs))
+    run_ms = sum(r.get("dur", 0) for r in timed_runs) / 1e3 / n
+    ops = sorted(((op, ms / n) for op, ms in by_op.items()), key=lambda kv: -kv[1])
+    kernel_ms = sum(ms for _, ms in ops)
+    return {
+        "tool": f"onnxruntime {ort.__version__} profiler",
+        "frames": n,
+        "run_ms_per_frame": run_ms,
+        "ops": [{"op": op, "ms_per_frame": ms, "share": ms / kernel_ms if kernel_ms else 0.0} for op, ms in ops],
+        "shift_ops_ms_per_frame": sum(ms for op, ms in ops if op in SHIFT_OPS),
+        "outside_kernels_ms_per_frame": max(0.0, run_ms - kernel_ms),
+    }
+
+
+def compare_profiles(tsm: dict[str, Any], tsn: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per op type: ms per frame in TSM, in TSN, and the difference (what the shift costs, op by op)."""
+    a = {o["op"]: o["ms_per_frame"] for o in tsm["ops"]}
+    b = {o["op"]: o["ms_per_frame"] for o in tsn["ops"]}
+    rows = [{"op": op, "tsm_ms": a.get(op, 0.0), "tsn_ms": b.get(op, 0.0), "delta_ms": a.get(op, 0.0) - b.get(op, 0.0)}
+            for op in sorted(set(a) | set(b), key=lambda op: -max(a.get(op, 0.0), b.get(op, 0.0)))]
+    rows.append({"op": "(whole run)", "tsm_ms": tsm["run_ms_per_frame"], "tsn_ms": tsn["run_ms_per_frame"],
+                 "delta_ms": tsm["run_ms_per_frame"] - tsn["run_ms_per_frame"]})
+    return rows

@@ -1,0 +1,261 @@
+"""Turning a benchmark report into a terminal table, Markdown, JSON and a plot.
+
+All four read the report's dictionary (:meth:`BenchReport.to_dict`), so what
+is printed, pasted and saved is the same data.  Every row carries its
+source -- measured here on <machine>, paper, bound -- so no unmeasured
+figure can pass for a measurement.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from online_tsm.benchmarks.reference import BOUND_LABEL, PAPER_LABEL
+
+STATUS_MARK = {"ok": "✅ ok", "skipped": "➖ skipped", "error": "❌ error"}
+MAIN_HEADERS = ["Backend", "Status", "Size (MB)", "p50 (ms)", "p99 (ms)", "FPS", "TSN p50 (ms)", "vs TSN", "Source"]
+
+
+def _num(x: Any, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.{digits}f}"
+
+
+def _pct(x: Any) -> str:
+    return "-" if x is None else f"{x:+.1%}"
+
+
+def main_rows(data: dict[str, Any]) -> list[list[str]]:
+    """The main table: measured backends, then the paper's rows, then roofline bounds."""
+    rows = []
+    for r in data["rows"]:
+        name = r["backend"] + (" (baseline)" if r.get("baseline") else "")
+        if r["status"] != "ok":
+            rows.append([name, STATUS_MARK.get(r["status"], r["status"]), "-", "-", "-", "-", "-", "-", r["reason"]])
+            continue
+        tsm, tsn = r["tsm"], r["tsn"]
+        rows.append([name, STATUS_MARK["ok"], _num(r["size_mb"], 1), _num(tsm["p50_ms"]), _num(tsm["p99_ms"]),
+                     _num(tsm["fps"], 1), _num(tsn["p50_ms"] if tsn else None), _pct(r["overhead_vs_tsn"]),
+                     r["source"]])
+    for p in data["reference"]:
+        rows.append([f"{p['device']} [{p['runtime']}]", "📄 paper", "-", _num(p["latency_ms"], 1), "-",
+                     _num(p["fps"], 1), "-", "-", PAPER_LABEL])
+    for b in data["bounds"]:
+        rows.append([f"{b['device']} [{b['unit']}]", "📐 bound", "-", f">= {_num(b['bound_ms'])}", "-",
+                     f"<= {_num(1000.0 / b['bound_ms'], 0)}", "-", "-", f"{BOUND_LABEL} ({b['limited_by']}-bound)"])
+    return rows
+
+
+def end_to_end_rows(data: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for r in data["rows"]:
+        e = r.get("end_to_end") if r["status"] == "ok" else None
+        if not e:
+            continue
+        st = e["stages_p50_ms"]
+        rows.append([r["backend"], _num(st["preprocess"]), _num(st["step"]), _num(e.get("state_handling_ms")),
+                     _num(st["smoothing"], 3), _num(e["total"]["p50_ms"]), _num(e["total"]["p99_ms"]),
+                     _num(e["total"]["fps"], 1)])
+    return rows
+
+
+E2E_HEADERS = ["Backend", "pre-process", "step", "of which state (TSM-TSN)", "smoothing", "total p50", "total p99",
+               "FPS"]
+STREAMS_HEADERS = ["Backend", "N", "batched p50 (ms)", "sequential p50 (ms)", "total FPS batched",
+                   "total FPS sequential", "per-stream FPS", "speed-up"]
+
+
+def streams_rows(data: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for r in data["rows"]:
+        s = r.get("streams") if r["status"] == "ok" else None
+        if not s:
+            continue
+        if s.get("status") != "ok":
+            rows.append([r["backend"], str(s["n"]), s.get("status", "-"), "-", "-", "-", "-", "-"])
+            continue
+        rows.append([r["backend"], str(s["n"]), _num(s["batched"]["p50_ms"]), _num(s["sequential"]["p50_ms"]),
+                     _num(s["total_fps_batched"], 1), _num(s["total_fps_sequential"], 1),
+                     _num(s["per_stream_fps_batched"], 1), f"{s['speedup']:.2f}x"])
+    return rows
+
+
+PROFILE_HEADERS = ["Operator", "TSM ms/frame", "TSN ms/frame", "TSM - TSN"]
+
+
+def profile_rows(data: dict[str, Any]) -> list[list[str]]:
+    prof = data.get("profile")
+    if not prof:
+        return []
+    return [[r["op"], _num(r["tsm_ms"], 3), _num(r["tsn_ms"], 3), f"{r['delta_ms']:+.3f}"] for r in prof["by_op"]]
+
+
+def _profile_title(data: dict[str, Any]) -> str:
+    prof = data["profile"]
+    return (f"Operator profile ({prof['tool']}, {prof['frames']} streamed frames, kernel time summed per op type; "
+            "profiling itself adds overhead)")
+
+
+TARGET_HEADERS = ["#", "Target", "Measured", "Reached"]
+
+
+def target_rows(data: dict[str, Any]) -> list[list[str]]:
+    mark = {True: "✅ yes", False: "❌ no", None: "➖ not measured"}
+    return [[str(t["id"]), t["target"], t["measured"], mark[t["reached"]]] for t in data["targets"]]
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Plain aligned columns (numbers right-aligned), as in Ultralytics' benchmark printout."""
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h))
+              for i, h in enumerate(headers)]
+
+    def numeric(cell: str) -> bool:
+        return cell.replace(".", "", 1).replace("-", "", 1).replace("+", "", 1).replace("%", "").replace(
+            "x", "").replace(">= ", "").replace("<= ", "").isdigit()
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(str(c).rjust(w) if numeric(str(c)) else str(c).ljust(w) for c, w in zip(cells, widths))
+
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]).rstrip()
+
+
+def _model_line(data: dict[str, Any]) -> str:
+    m = data["model"]
+    return (f"MobileNetV2 TSM {m['input_size']}x{m['input_size']}, width {m['width_mult']}, {m['n_class']} classes, "
+            f"{m['params'] / 1e6:.2f} M params, {m['macs_per_frame'] / 1e6:.0f} M MACs "
+            f"({m['flops_per_frame'] / 1e6:.0f} M FLOPs) per frame, {m['shift_buffers']} shift buffers "
+            f"({m['buffer_bytes'] / 1e3:.0f} kB); weights: {m['weights_source']}")
+
+
+def _machine_line(data: dict[str, Any]) -> str:
+    mc = data["machine"]
+    libs = ", ".join(f"{k} {v}" for k, v in mc["libraries"].items())
+    return (f"{mc['cpu']} ({mc['arch']}), {mc['usable_cores']} usable cores, {mc['memory_gb']} GB, {mc['os']}, "
+            f"Python {mc['python']}; load average at start {mc['load_average_at_start']}; {libs}")
+
+
+def _settings_line(data: dict[str, Any]) -> str:
+    s = data["settings"]
+    return (f"{s['frames']} timed frames per variant after {s['warmup']} warm-up frames, batch 1, buffers carried, "
+            f"TSM and TSN interleaved in rounds of {s['round_size']}; threads: {s['threads'] or 'library default'}; "
+            "FPS = 1000 / mean")
+
+
+def render_terminal(data: dict[str, Any]) -> str:
+    parts = [f"tsm-bench  --  {data['command']}",
+             f"model:   {_model_line(data)}",
+             f"machine: {_machine_line(data)}",
+             f"timing:  {_settings_line(data)}", "",
+             format_table(MAIN_HEADERS, main_rows(data))]
+    e2e = end_to_end_rows(data)
+    if e2e:
+        parts += ["", "End to end per frame (ms): camera image -> pre-processing -> step -> smoothing",
+                  format_table(E2E_HEADERS, e2e)]
+    st = streams_rows(data)
+    if st:
+        parts += ["", "Batched streams (step_many) against the same streams stepped one after another",
+                  format_table(STREAMS_HEADERS, st)]
+    if profile_rows(data):
+        parts += ["", _profile_title(data), format_table(PROFILE_HEADERS, profile_rows(data))]
+    parts += ["", "Performance targets (issue 6)", format_table(TARGET_HEADERS, target_rows(data))]
+    parts += [f"note: {n}" for n in data.get("notes", [])]
+    parts += [f"({data['wall_s']:.0f} s)"]
+    return "\n".join(parts) + "\n"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def esc(cell: str) -> str:
+        return str(cell).replace("|", "\\|")
+
+    out = ["| " + " | ".join(esc(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def render_markdown(data: dict[str, Any]) -> str:
+    parts = ["## tsm-bench report", "",
+             f"- command: `{data['command']}`",
+             f"- created: {data['created']} ({data['wall_s']:.0f} s)",
+             f"- model: {_model_line(data)}",
+             f"- machine: {_machine_line(data)}",
+             f"- timing: {_settings_line(data)}", "",
+             markdown_table(MAIN_HEADERS, main_rows(data))]
+    e2e = end_to_end_rows(data)
+    if e2e:
+        parts += ["", "### End to end per frame (ms)", "", markdown_table(E2E_HEADERS, e2e)]
+    st = streams_rows(data)
+    if st:
+        parts += ["", "### Batched streams (`step_many`)", "", markdown_table(STREAMS_HEADERS, st)]
+    if profile_rows(data):
+        parts += ["", f"### {_profile_title(data)}", "", markdown_table(PROFILE_HEADERS, profile_rows(data))]
+    parts += ["", "### Performance targets", "", markdown_table(TARGET_HEADERS, target_rows(data))]
+    if data.get("notes"):
+        parts += [""] + [f"- {n}" for n in data["notes"]]
+    return "\n".join(parts) + "\n"
+
+
+def write_json(data: dict[str, Any], path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, default=float) + "\n")
+    return path
+
+
+def write_markdown(data: dict[str, Any], path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_markdown(data))
+    return path
+
+
+def write_plot(data: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Two panels: per-frame latency distribution per backend (TSM and TSN), and p50 bars beside the paper."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in data["rows"] if r["status"] == "ok" and r["tsm"]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
+    names = [r["backend"] for r in rows]
+    if rows:
+        positions = list(range(len(rows)))
+        tsm = left.violinplot([r["tsm"]["samples_ms"] for r in rows], [p - 0.2 for p in positions], widths=0.35,
+                              showmedians=True)
+        tsn = left.violinplot([r["tsn"]["samples_ms"] for r in rows], [p + 0.2 for p in positions], widths=0.35,
+                              showmedians=True)
+        for body in tsn["bodies"]:
+            body.set_facecolor("tab:orange")
+        left.set_xticks(positions, names, rotation=20)
+        left.set_yscale("log")
+        left.legend([tsm["bodies"][0], tsn["bodies"][0]], ["TSM (shift)", "TSN (no shift)"])
+        width = 0.38
+        right.bar([p - width / 2 for p in positions], [r["tsm"]["p50_ms"] for r in rows], width, label="TSM p50")
+        right.bar([p + width / 2 for p in positions], [r["tsn"]["p50_ms"] for r in rows], width, label="TSN p50",
+                  color="tab:orange")
+        for p, r in zip(positions, rows):
+            if r["overhead_vs_tsn"] is not None:
+                right.annotate(f"{r['overhead_vs_tsn']:+.1%}", (p, max(r["tsm"]["p50_ms"], r["tsn"]["p50_ms"])),
+                               ha="center", va="bottom", fontsize=8)
+        right.set_xticks(positions, names, rotation=20)
+    for ref in data["reference"]:
+        right.axhline(ref["latency_ms"], linestyle="--", color="grey", linewidth=1)
+        right.annotate(f"{ref['device']} {ref['latency_ms']:g} ms ({PAPER_LABEL})", (0, ref["latency_ms"]),
+                       xycoords=("axes fraction", "data"), fontsize=7, va="bottom", color="dimgrey")
+    machine = data["machine"]["cpu"]
+    left.set_title(f"per-frame latency, measured here on {machine}", fontsize=10)
+    left.set_ylabel("ms per frame (log scale)")
+    right.set_title("TSM vs TSN p50 (label: TSM overhead)", fontsize=10)
+    right.set_ylabel("ms per frame")
+    right.legend(loc="upper right", fontsize=8)
+    m = data["model"]
+    fig.suptitle(f"online TSM MobileNetV2 {m['input_size']}x{m['input_size']} -- {data['command']}", fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

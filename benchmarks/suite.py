@@ -1,0 +1,331 @@
+"""One benchmark run: every backend, TSM and TSN side by side, end to end and batched.
+
+The work is organised per backend: build (or take from the cache) the TSM
+and TSN artifacts, open both runtimes, time them in interleaved rounds, then
+time the camera loop (pre-processing + step + smoothing) and the batched
+``step_many`` against the same number of streams stepped one after another.
+A backend that cannot run here becomes a row with a status and a reason,
+never a silent gap.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from online_tsm.benchmarks import facts
+from online_tsm.benchmarks.artifacts import cached_artifact, model_hash
+from online_tsm.benchmarks.backends import (BACKEND_PLANS, ONNX_TARGET, BackendPlan, RemoteSpec, backend_availability,
+                                            default_bench_backends, export_for_plan, open_for_plan)
+from online_tsm.benchmarks.latency import Contestant, LatencyStats, cycle_frames, measure_interleaved, measure_stages
+from online_tsm.benchmarks.models import BenchModel, resolve_bench_model
+from online_tsm.benchmarks.reference import PAPER_ROWS, roofline_rows
+from online_tsm.cli_util import UserError
+from online_tsm.runtimes.base import Runtime
+from online_tsm.smoothing import PredictionSmoother
+from online_tsm.synthetic import synthetic_frames
+
+SCHEMA = "online-tsm-bench/1"
+CAMERA_SHAPE = (480, 640)  # what a webcam delivers; pre-processing resizes and crops it
+
+
+@dataclass
+class BenchConfig:
+    weights: str | None = None          # None: the paper setting (224, width 1.0), see models.py
+    input_size: int | None = None
+    backends: list[str] | None = None   # None: every backend that can run here (see backends.py)
+    frames: int = 100                   # timed frames per variant and backend
+    warmup: int = 10
+    threads: int | None = None
+    streams: int = 8                    # step_many over N streams; 0 or 1 turns it off
+    end_to_end: bool = True
+    rpc: str | None = None              # HOST:PORT of a TVM RPC server
+    target: str | None = None           # export target of the remote device
+    round_size: int = 10                # frames per interleaved round
+    seed: int = 0
+    cache_root: str | None = None
+    progress: bool = True
+    roofline: bool = True
+    profile: bool = False               # per-operator profile of TSM and TSN (ONNX Runtime's profiler)
+
+    def check(self) -> None:
+        if self.frames < 1:
+            raise UserError(f"--frames must be at least 1, got {self.frames}")
+        if self.warmup < 0:
+            raise UserError(f"--warmup must be 0 or more, got {self.warmup}")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {self.threads}")
+        if self.streams < 0:
+            raise UserError(f"--streams must be 0 or more, got {self.streams}")
+        if self.input_size is not None and (self.input_size < 32 or self.input_size % 32):
+            raise UserError(f"--input-size must be a positive multiple of 32, got {self.input_size}")
+        if bool(self.rpc) != bool(self.target) and self.rpc:
+            raise UserError("--rpc HOST:PORT needs --target NAME (the device's export target)")
+
+
+@dataclass
+class BackendResult:
+    backend: str
+    status: str = "ok"                  # ok | skipped | error
+    reason: str = ""
+    source: str = ""                    # where the numbers come from, in words
+    description: str = ""
+    size_bytes: int | None = None
+    open_s: float | None = None
+    rss_delta_mb: float | None = None
+    tsm: LatencyStats | None = None
+    tsn: LatencyStats | None = None
+    end_to_end: dict[str, Any] | None = None
+    streams: dict[str, Any] | None = None
+    baseline: bool = False              # a yardstick (plain ORT), not a backend users pick
+
+    @property
+    def overhead(self) -> float | None:
+        """TSM p50 / TSN p50 - 1 (a fraction), the cost of the shift and its buffers."""
+        if self.tsm is None or self.tsn is None:
+            return None
+        return self.tsm.p50 / self.tsn.p50 - 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend, "status": self.status, "reason": self.reason, "source": self.source,
+            "description": self.description, "baseline": self.baseline,
+            "size_mb": None if self.size_bytes is None else self.size_bytes / 1e6,
+            "open_s": self.open_s, "rss_delta_mb": self.rss_delta_mb,
+            "tsm": None if self.tsm is None else {**self.tsm.summary(), "samples_ms": self.tsm.samples_ms},
+            "tsn": None if self.tsn is None else {**self.tsn.summary(), "samples_ms": self.tsn.samples_ms},
+            "overhead_vs_tsn": self.overhead, "end_to_end": self.end_to_end, "streams": self.streams,
+        }
+
+
+@dataclass
+class BenchReport:
+    config: BenchConfig
+    machine: dict[str, Any]
+    model: dict[str, Any]
+    rows: list[BackendResult]
+    reference: list[dict[str, Any]]
+    bounds: list[dict[str, Any]]
+    command: str = "tsm-bench"
+    created: str = ""
+    wall_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    profile: dict[str, Any] | None = None
+
+    def row(self, backend: str) -> BackendResult | None:
+        return next((r for r in self.rows if r.backend == backend and r.status == "ok"), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        from online_tsm.benchmarks.targets import evaluate_targets
+
+        cfg = {k: v for k, v in vars(self.config).items() if k not in ("progress", "cache_root")}
+        return {"schema": SCHEMA, "created": self.created, "command": self.command, "wall_s": self.wall_s,
+                "machine": self.machine, "model": self.model, "settings": cfg,
+                "rows": [r.to_dict() for r in self.rows], "reference": self.reference, "bounds": self.bounds,
+                "targets": evaluate_targets(self), "notes": self.notes, "profile": self.profile}
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _progress(total: int, desc: str, enabled: bool) -> Iterator[Callable[[], None]]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="frame", file=sys.stderr, leave=False, disable=not enabled,
+               dynamic_ncols=True)
+    try:
+        yield lambda: bar.update(1)
+    finally:
+        bar.close()
+
+
+def camera_images(n: int = 8, seed: int = 0) -> list[np.ndarray]:
+    """``n`` synthetic 640x480 BGR camera images (a moving textured hand-sized patch)."""
+    return list(synthetic_frames(n, *CAMERA_SHAPE, motion="swipe-left", seed=seed))
+
+
+def _measure_backend(result: BackendResult, tsm_rt: Runtime, tsn_rt: Runtime, cfg: BenchConfig,
+                     images: list[np.ndarray], n_class: int) -> None:
+    frames_tsm = np.stack([tsm_rt.preprocess(img) for img in images])
+    frames_tsn = np.stack([tsn_rt.preprocess(img) for img in images])
+    tsm_stream, tsn_stream = tsm_rt.new_stream(), tsn_rt.new_stream()
+    next_tsm, next_tsn = cycle_frames(frames_tsm), cycle_frames(frames_tsn)
+    e2e_samples = max(10, cfg.frames // 2) if cfg.end_to_end else 0
+    total = 2 * cfg.frames + e2e_samples
+    with _progress(total, f"{result.backend:>12s}", cfg.progress) as tick:
+        stats = measure_interleaved(
+            [Contestant("tsm", lambda: tsm_stream.step(next_tsm())),
+             Contestant("tsn", lambda: tsn_stream.step(next_tsn()))],
+            samples=cfg.frames, warmup=cfg.warmup, round_size=cfg.round_size, on_sample=tick)
+        result.tsm, result.tsn = stats["tsm"], stats["tsn"]
+        if e2e_samples:
+            result.end_to_end = _end_to_end(tsm_rt, images, e2e_samples, cfg.warmup, n_class, tick)
+            tsm_p50, tsn_p50 = result.tsm.p50, result.tsn.p50
+            result.end_to_end["state_handling_ms"] = tsm_p50 - tsn_p50
+    if cfg.streams >= 2:
+        result.streams = _streams(tsm_rt, frames_tsm, cfg)
+
+
+def _end_to_end(rt: Runtime, images: list[np.ndarray], samples: int, warmup: int, n_class: int,
+                tick: Callable[[], None]) -> dict[str, Any]:
+    stream = rt.new_stream()
+    smoother = PredictionSmoother(n_class)
+    stage_times = measure_stages(
+        {"preprocess": rt.preprocess, "step": stream.step, "smoothing": smoother.update},
+        cycle_frames(np.stack(images)), samples=samples, warmup=warmup, on_sample=tick)
+    total = stage_times.total
+    return {"camera": f"{CAMERA_SHAPE[1]}x{CAMERA_SHAPE[0]} BGR uint8", "stages_p50_ms": stage_times.p50(),
+            "total": total.summary()}
+
+
+def _streams(rt: Runtime, frames: np.ndarray, cfg: BenchConfig) -> dict[str, Any]:
+    n = cfg.streams
+    batched = [rt.new_stream() for _ in range(n)]
+    sequential = [rt.new_stream() for _ in range(n)]
+    next_frame = cycle_frames(frames)
+    try:
+        rt.step_many(batched, [next_frame() for _ in range(n)])
+    except NotImplementedError as exc:
+        return {"n": n, "status": "not supported", "reason": str(exc)}
+
+    def run_batched() -> None:
+        rt.step_many(batched, [next_frame() for _ in range(n)])
+
+    def run_sequential() -> None:
+        for stream in sequential:
+            stream.step(next_frame())
+
+    samples = max(10, cfg.frames // 5)
+    with _progress(2 * samples, f"{rt.backend:>9s} x{n}", cfg.progress) as tick:
+        stats = measure_interleaved([Contestant("batched", run_batched, n), Contestant("sequential", run_sequential, n)],
+                                    samples=samples, warmup=max(2, cfg.warmup // 4), round_size=5, on_sample=tick)
+    b, s = stats["batched"], stats["sequential"]
+    return {"n": n, "status": "ok", "batched": b.summary(), "sequential": s.summary(),
+            "total_fps_batched": 1000.0 * n / b.p50, "total_fps_sequential": 1000.0 * n / s.p50,
+            "per_stream_fps_batched": 1000.0 / b.p50, "speedup": s.p50 / b.p50}
+
+
+def _artifact(bench: BenchModel, target: str, shift: str, cfg: BenchConfig, digest: str) -> Path:
+    """The cached artifact of the benchmark model for ``target`` (``shift="none"``: TSN), built if absent."""
+    return cached_artifact(bench.tsm, target, shift, lambda out: export_for_plan(bench.tsm, target, out, shift),
+                           root=cfg.cache_root, model_digest=digest, log=_say)
+
+
+def _run_one(plan: BackendPlan, bench: BenchModel, cfg: BenchConfig, machine_label: str, digest: str,
+             remote: RemoteSpec | None, images: list[np.ndarray]) -> BackendResult:
+    result = BackendResult(plan.name, baseline=plan.baseline)
+    result.source = remote.source_label() if (plan.remote and remote) else f"measured here on {machine_label}"
+    try:
+        target = remote.target if (plan.remote and remote) else plan.target
+        sources: dict[str, Any] = {}
+        for variant, model in (("causal", bench.tsm), ("none", bench.tsn)):
+            if target is None:
+                sources[variant] = model
+            else:
+                sources[variant] = _artifact(bench, target, variant, cfg, digest)
+        if target is not None:
+            result.size_bytes = facts.folder_size_bytes(sources["causal"])
+        rss0 = facts.current_rss_bytes()
+        start = time.perf_counter()
+        tsm_rt = open_for_plan(plan, sources["causal"], cfg.threads, remote)
+        result.open_s = time.perf_counter() - start
+        tsn_rt = open_for_plan(plan, sources["none"], cfg.threads, remote)
+        result.description = tsm_rt.description
+        if target is None:
+            result.size_bytes = 4 * sum(p.numel() for p in bench.tsm.parameters())  # float32 weights in memory
+        try:
+            _measure_backend(result, tsm_rt, tsn_rt, cfg, images, bench.tsm.n_class)
+            result.rss_delta_mb = (facts.current_rss_bytes() - rss0) / 2**20
+        finally:
+            tsm_rt.close()
+            tsn_rt.close()
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- one backend failing must not hide the others
+        result.status = "error"
+        result.reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        _say(f"{plan.name}: error: {result.reason}")
+    return result
+
+
+def model_facts(bench: BenchModel, cfg: BenchConfig, digest: str) -> dict[str, Any]:
+    """Parameters, MACs/FLOPs per frame counted from the ONNX graph, buffers: the model's side of the report."""
+    tsm = bench.tsm
+    onnx_folder = _artifact(bench, ONNX_TARGET, "causal", cfg, digest)
+    cost = facts.count_graph_cost(onnx_folder / "model.onnx")
+    buffers = tsm.buffer_shapes(1)
+    return {
+        "weights": bench.weights, "weights_source": bench.description, "arch": "mobilenetv2-tsm",
+        "input_size": tsm.input_size, "width_mult": tsm.width_mult, "n_class": tsm.n_class,
+        "paper_setting": bench.paper_setting, "hash": digest[:16],
+        "params": facts.count_parameters(tsm), "graph": cost.to_dict(),
+        "macs_per_frame": cost.macs, "flops_per_frame": cost.flops,
+        "shift_buffers": len(buffers), "buffer_bytes": 4 * int(sum(np.prod(s) for s in buffers)),
+        "flops_convention": "1 MAC = 2 FLOPs; FLOPs also count elementwise ops; counted from the ONNX graph",
+    }
+
+
+def _profile(bench: BenchModel, cfg: BenchConfig, digest: str, images: list[np.ndarray]) -> dict[str, Any]:
+    """ONNX Runtime's per-operator profile of TSM and of TSN, and their difference op by op."""
+    from online_tsm.benchmarks.profile import compare_profiles, profile_onnxruntime
+    from online_tsm.preprocess import preprocess_frame
+
+    _say("profiling TSM and TSN with ONNX Runtime's profiler ...")
+    folders = {v: _artifact(bench, ONNX_TARGET, v, cfg, digest) for v in ("causal", "none")}
+    size = bench.tsm.input_size
+    frames = np.stack([preprocess_frame(img, size) for img in images])
+    n = max(8, min(cfg.frames, 40))
+    frames = np.concatenate([frames] * (n // len(frames) + 1))[:n]
+    tsm = profile_onnxruntime(folders["causal"], frames, warmup=cfg.warmup, threads=cfg.threads)
+    tsn = profile_onnxruntime(folders["none"], frames, warmup=cfg.warmup, threads=cfg.threads)
+    return {"tool": tsm["tool"], "frames": tsm["frames"], "tsm": tsm, "tsn": tsn, "by_op": compare_profiles(tsm, tsn)}
+
+
+def run_benchmark(cfg: BenchConfig, command: str = "tsm-bench") -> BenchReport:
+    """Run the whole benchmark described by ``cfg`` and return the report (nothing printed but progress)."""
+    cfg.check()
+    started = time.perf_counter()
+    remote = RemoteSpec.parse(cfg.rpc, cfg.target) if cfg.rpc else None
+    names = cfg.backends or default_bench_backends(remote is not None)
+    unknown = [n for n in names if n not in BACKEND_PLANS]
+    if unknown:
+        raise UserError(f"unknown backend(s) {', '.join(unknown)}; expected any of {', '.join(BACKEND_PLANS)}")
+    if "tvm-rpc" in names and remote is None:
+        raise UserError("backend tvm-rpc needs --rpc HOST:PORT and --target NAME")
+    if remote is not None and "tvm-rpc" not in names:
+        names = [*names, "tvm-rpc"]
+    if remote is not None:
+        remote.refuse_emulation()
+    machine = facts.machine_description()
+    label = facts.machine_label(machine)
+    bench = resolve_bench_model(cfg.weights, cfg.input_size, cfg.seed)
+    _say(f"model: MobileNetV2 TSM {bench.tsm.input_size}x{bench.tsm.input_size}, width {bench.tsm.width_mult}; "
+         f"{bench.description}")
+    digest = model_hash(bench.tsm)
+    model = model_facts(bench, cfg, digest)
+    images = camera_images()
+    availability = backend_availability()
+    rows = []
+    for name in names:
+        plan = BACKEND_PLANS[name]
+        if availability[name]:
+            rows.append(BackendResult(name, status="skipped", reason=str(availability[name]), baseline=plan.baseline))
+            continue
+        rows.append(_run_one(plan, bench, cfg, label, digest, remote, images))
+    profile = _profile(bench, cfg, digest, images) if cfg.profile else None
+    cost = model["graph"]
+    bounds = roofline_rows(cost["flops"], cost["compulsory_bytes"]) if cfg.roofline else []
+    notes = [f"peak resident memory of the benchmark process: {facts.peak_rss_bytes() / 2**20:.0f} MB "
+             "(all backends loaded one after another)"]
+    return BenchReport(config=cfg, machine=machine, model=model, rows=rows,
+                       reference=[r.to_dict() for r in PAPER_ROWS], bounds=bounds, command=command,
+                       created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+                       wall_s=time.perf_counter() - started, notes=notes, profile=profile)
