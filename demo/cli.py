@@ -29,6 +29,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tsm-demo", description=__doc__.splitlines()[0].split(": ", 1)[1],
@@ -39,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--width", type=positive_int, default=320, help="camera / synthetic frame width (default 320)")
     src.add_argument("--height", type=positive_int, default=240,
                      help="camera / synthetic frame height (default 240, as in the paper's demo)")
-    src.add_argument("--fps", type=float, default=30.0,
+    src.add_argument("--fps", type=positive_float, default=30.0,
                      help="frame rate of a folder of frames or synthetic frames (default 30)")
     src.add_argument("--frames", type=positive_int, help="stop after this many frames (default: until the end)")
     src.add_argument("--queue", type=positive_int, default=1,
@@ -104,7 +114,7 @@ def demo_main(args: argparse.Namespace) -> int:
             smoother = PredictionSmoother(runtime.n_class, history=args.history, debounce=args.debounce,
                                           ignore=ignored)
             if args.output:
-                sinks.append(VideoSink(args.output, source.fps))
+                sinks.append(VideoSink(args.output, source.fps, measure_fps=source.live))
             if args.log:
                 sinks.append(JsonlSink(args.log))
             if args.screenshot:

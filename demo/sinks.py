@@ -42,16 +42,42 @@ def check_output_path(path: str | Path, suffixes: tuple[str, ...] | dict[str, st
 
 
 class VideoSink:
-    """Annotated frames into a video file; opened on the first frame, whose size fixes the video's."""
+    """Annotated frames into a video file, whose frame size is the first frame's.
 
-    def __init__(self, path: str | Path, fps: float) -> None:
+    A recorded source is written at its own rate (``fps``).  A live camera's
+    nominal rate says little about how many frames the demo actually shows
+    (inference may be slower; frames get dropped), so with ``measure_fps`` the
+    first ``measure_frames`` frames are held back, the rate is measured from
+    their timestamps, and the video then plays at the speed it was seen.
+    """
+
+    def __init__(self, path: str | Path, fps: float, measure_fps: bool = False, measure_frames: int = 30) -> None:
         self.path = check_output_path(path, VIDEO_CODECS, "output video")
         self.fps = fps
         self.frames = 0
+        self._measure = measure_frames if measure_fps else 0
+        self._held: list[tuple[np.ndarray, float]] = []
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None
 
     def write(self, image: np.ndarray, record: dict[str, Any]) -> bool:
+        if self._writer is None and self._measure:
+            self._held.append((image, float(record.get("time_s", 0.0))))
+            if len(self._held) >= self._measure:
+                self._flush_held()
+            return True
+        self._write(image)
+        return True
+
+    def _flush_held(self) -> None:
+        times = [t for _, t in self._held]
+        if len(times) >= 2 and times[-1] > times[0]:
+            self.fps = min(240.0, max(1.0, (len(times) - 1) / (times[-1] - times[0])))
+        held, self._held, self._measure = self._held, [], 0
+        for image, _ in held:
+            self._write(image)
+
+    def _write(self, image: np.ndarray) -> None:
         if self._writer is None:
             self._size = (image.shape[1], image.shape[0])
             fourcc = cv2.VideoWriter_fourcc(*VIDEO_CODECS[self.path.suffix.lower()])
@@ -62,9 +88,10 @@ class VideoSink:
             image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
         self._writer.write(image)
         self.frames += 1
-        return True
 
     def close(self) -> None:
+        if self._held:
+            self._flush_held()
         if self._writer is not None:
             self._writer.release()
 

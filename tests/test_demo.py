@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import cv2
 import numpy as np
@@ -93,9 +94,11 @@ def test_folder_of_frames_and_video_file(tmp_path, small_checkpoint, capsys):
     for i in range(6):
         cv2.imwrite(str(frames / f"{i:04d}.png"), np.full((60, 80, 3), 40 * i, np.uint8))
     video = tmp_path / "annotated.avi"
+    shot = tmp_path / "shot.png"
     assert cli.main(["--source", str(frames), "--headless", "--weights", str(small_checkpoint),
-                     "--output", str(video), "--display-width", "0"]) == 0
+                     "--output", str(video), "--display-width", "0", "--screenshot", str(shot)]) == 0
     assert video_stats(video) == (6, 80, 60)
+    assert cv2.imread(str(shot)).shape == (60, 80, 3)
     log = tmp_path / "again.jsonl"
     assert cli.main(["--source", str(video), "--headless", "--weights", str(small_checkpoint), "--log", str(log)]) == 0
     assert len(read_log(log)) == 6
@@ -137,10 +140,20 @@ def test_window_without_display_suggests_headless(monkeypatch, capsys):
     assert "use --headless" in err
 
 
+@pytest.mark.skipif(not re.search(r"GUI:\s+NONE", cv2.getBuildInformation()),
+                    reason="this OpenCV has a GUI")
+def test_window_without_gui_support_suggests_headless(monkeypatch, capsys):
+    monkeypatch.setenv("DISPLAY", ":0")
+    err = run_error(capsys, "--source", "synthetic")
+    assert "no GUI support (opencv-python-headless?)" in err and "use --headless" in err
+
+
 def test_bad_output_names(tmp_path, capsys):
     assert "must end in one of .mp4" in run_error(capsys, "--source", "synthetic", "--headless",
                                                   "--output", str(tmp_path / "x.gif"))
     assert "log file" in run_error(capsys, "--source", "synthetic", "--headless", "--log", str(tmp_path / "x.csv"))
+    assert "screenshot" in run_error(capsys, "--source", "synthetic", "--headless",
+                                     "--screenshot", str(tmp_path / "x.bmp"))
 
 
 def test_unknown_class_to_ignore(small_checkpoint, capsys):

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 
 from online_tsm.demo.app import DemoOptions, RateMeter, run_demo
 from online_tsm.demo.overlay import OverlayState, draw_overlay, fit_width
+from online_tsm.demo.sinks import ScreenshotSink, VideoSink
 from online_tsm.demo.sources import FrameSource, SyntheticSource
 from online_tsm.runtimes.base import Runtime
 from online_tsm.smoothing import PredictionSmoother
@@ -117,3 +119,31 @@ def test_rate_meter():
     meter.add(0.1)
     meter.add(0.1)
     assert meter.rate == pytest.approx(10.0)
+
+
+def test_live_video_is_written_at_the_measured_rate(tmp_path):
+    """A camera shown at 10 fps (drops, slow model) must not play back at its nominal 30 fps."""
+    sink = VideoSink(tmp_path / "live.mp4", fps=30.0, measure_fps=True, measure_frames=5)
+    for i in range(12):
+        sink.write(np.full((48, 64, 3), 20 * i, np.uint8), {"time_s": 0.1 * i})
+    sink.close()
+    cap = cv2.VideoCapture(str(tmp_path / "live.mp4"))
+    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(10.0, rel=0.01)
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 12 == sink.frames
+
+
+def test_short_live_run_still_writes_every_frame(tmp_path):
+    sink = VideoSink(tmp_path / "short.avi", fps=30.0, measure_fps=True, measure_frames=30)
+    for i in range(3):
+        sink.write(np.zeros((48, 64, 3), np.uint8), {"time_s": 0.5 * i})
+    sink.close()
+    cap = cv2.VideoCapture(str(tmp_path / "short.avi"))
+    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(2.0, rel=0.01) and sink.frames == 3
+
+
+def test_screenshot_keeps_the_last_frame(tmp_path):
+    sink = ScreenshotSink(tmp_path / "shot.png")
+    for i in range(3):
+        sink.write(np.full((8, 8, 3), i, np.uint8), {})
+    sink.close()
+    assert (cv2.imread(str(tmp_path / "shot.png")) == 2).all()
