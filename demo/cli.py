@@ -13,8 +13,8 @@ from typing import Sequence
 from online_tsm.cli_util import UserError, add_debug_flag, run_cli
 from online_tsm.demo.app import DemoOptions, run_demo
 from online_tsm.demo.model import UNTRAINED_WARNING, default_backend, load_demo_model
-from online_tsm.demo.sinks import (VIDEO_CODECS, ChangePrinter, JsonlSink, ScreenshotSink, Sink, VideoSink,
-                                   check_output_path)
+from online_tsm.demo.sinks import (LOG_SUFFIXES, SCREENSHOT_SUFFIXES, VIDEO_CODECS, ChangePrinter, JsonlSink,
+                                   ScreenshotSink, Sink, VideoSink, check_output_path)
 from online_tsm.demo.sources import SOURCE_HELP, open_source
 from online_tsm.smoothing import DEFAULT_DEBOUNCE, DEFAULT_HISTORY, PredictionSmoother, default_ignored, resolve_ignored
 
@@ -94,14 +94,14 @@ def demo_main(args: argparse.Namespace) -> int:
     if args.output:
         check_output_path(args.output, VIDEO_CODECS, "output video")
     if args.log:
-        check_output_path(args.log, (".jsonl", ".json", ".log", ".txt"), "log file")
+        check_output_path(args.log, LOG_SUFFIXES, "log file")
     if args.screenshot:
-        check_output_path(args.screenshot, (".png", ".jpg", ".jpeg"), "screenshot")
+        check_output_path(args.screenshot, SCREENSHOT_SUFFIXES, "screenshot")
+    if args.display_width < 0:
+        raise UserError(f"--display-width must be >= 0, got {args.display_width}")
     if not args.headless:
         from online_tsm.demo.window import WindowSink  # only a windowed run needs HighGUI
         sinks.append(WindowSink())
-    if args.display_width < 0:
-        raise UserError(f"--display-width must be >= 0, got {args.display_width}")
 
     source = open_source(args.source, width=args.width, height=args.height, fps=args.fps,
                          queue_size=args.queue, seed=args.seed)

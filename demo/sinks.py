@@ -19,6 +19,8 @@ from online_tsm.cli_util import UserError
 
 # OpenCV's pip wheels carry FFmpeg without an H.264 encoder (licensing), so MPEG-4 Part 2 it is.
 VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
+LOG_SUFFIXES = (".jsonl", ".json", ".log", ".txt")
+SCREENSHOT_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 class Sink(Protocol):
@@ -100,7 +102,7 @@ class JsonlSink:
     """One JSON object per frame (see :func:`online_tsm.demo.app.frame_record`)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = check_output_path(path, (".jsonl", ".json", ".log", ".txt"), "log file")
+        self.path = check_output_path(path, LOG_SUFFIXES, "log file")
         self._fh: TextIO = open(self.path, "w", encoding="utf-8")
 
     def write(self, image: np.ndarray, record: dict[str, Any]) -> bool:
@@ -115,7 +117,7 @@ class ScreenshotSink:
     """Keeps the latest annotated frame and saves it as an image at the end (the README's screenshot)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = check_output_path(path, (".png", ".jpg", ".jpeg"), "screenshot")
+        self.path = check_output_path(path, SCREENSHOT_SUFFIXES, "screenshot")
         self._last: np.ndarray | None = None
 
     def write(self, image: np.ndarray, record: dict[str, Any]) -> bool:
