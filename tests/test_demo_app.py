@@ -27,7 +27,7 @@ class ScriptedRuntime(Runtime):
         self.script = list(script)
         self.steps = 0
 
-    def _zero_state(self, batch: int) -> Any:
+    def _zero_state(self, batch: int = 1) -> Any:  # works with and without the batch argument
         return None
 
     def _run(self, frames: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
