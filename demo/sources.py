@@ -151,14 +151,15 @@ class ThreadedReader:
                 raise TimeoutError(f"no frame within {timeout} s")
             return self._queue.popleft() if self._queue else None
 
-    def stop(self, join_timeout: float = 2.0) -> None:
-        """Stop reading (a read in progress finishes first) and wake any waiting consumer."""
+    def stop(self, join_timeout: float = 2.0) -> bool:
+        """Stop reading and wake any waiting consumer; False if a hung read kept the thread alive."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(join_timeout)
         with self._cond:
             self._ended = True
             self._cond.notify_all()
+        return not self._thread.is_alive()
 
 
 class CameraSource(FrameSource):
@@ -206,8 +207,10 @@ class CameraSource(FrameSource):
             raise SourceError(f"camera {self.index} delivered no frame for {self.frame_timeout:g} s") from None
 
     def close(self) -> None:
-        self._reader.stop()
-        self._reader.capture.release()
+        # Releasing a capture while its thread is still inside read() can crash the driver; a read hung
+        # that long belongs to a dead camera, and the daemon thread goes with the process.
+        if self._reader.stop():
+            self._reader.capture.release()
 
 
 class VideoFileSource(FrameSource):
