@@ -257,7 +257,8 @@ def _run_emulated(sysroot: Sysroot, checks: list[dict], workdir: Path) -> dict[s
             return statuses
         if len(statuses) == before:
             raise EmulationUnavailable(f"the emulated aarch64 Python ({sysroot.python.name} under qemu) {how} "
-                                       f"before checking anything: {_tail(stderr)}")
+                                       f"before checking anything: {_tail(stderr)} (if it persists, delete "
+                                       f"{sysroot.root} so that it is prepared again)")
     return statuses
 
 

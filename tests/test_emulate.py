@@ -226,3 +226,17 @@ def test_tolerance_and_elf_names():
     assert elf_machine(b"\x7fELF\x02\x01\x01" + b"\0" * 11 + b"\xb7\x00") == "aarch64"
     assert elf_machine(b"\x7fELF\x02\x01\x01" + b"\0" * 11 + b"\x3e\x00") == "x86-64"
     assert elf_machine(b"MZ\x90\x00") == "not an ELF file"
+
+
+def test_emulated_python_that_cannot_start_is_reported_in_one_line(tmp_path):
+    from online_tsm.export.emulate import _run_emulated
+    from online_tsm.export.sysroot import Sysroot
+
+    fake_qemu = tmp_path / "qemu-aarch64-static"
+    fake_qemu.write_text("#!/bin/sh\necho 'qemu: could not open /lib/ld-linux-aarch64.so.1' >&2\nexit 1\n")
+    fake_qemu.chmod(0o755)
+    sysroot = Sysroot(root=tmp_path, python=tmp_path / "usr/bin/python3.11", site=tmp_path / "opt/site",
+                      qemu=str(fake_qemu), info={})
+    with pytest.raises(EmulationUnavailable, match=r"exited with code 1 before checking anything: qemu: could not "
+                                                   r"open /lib/ld-linux-aarch64\.so\.1 .*delete"):
+        _run_emulated(sysroot, [{"id": "0"}], tmp_path)
