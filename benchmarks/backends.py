@@ -22,6 +22,7 @@ from online_tsm.runtimes.base import Runtime
 
 ONNX_TARGET = "onnx"
 HOST_TVM_TARGET = "host"
+PLAIN_ORT = "ort-plain"
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,6 @@ class BackendPlan:
     name: str
     runtime: str                 # name for open_runtime, or "ort-plain" for the yardstick
     target: str | None           # export target of the artifact it runs
-    needs: tuple[str, ...] = ()  # Python modules it needs
     baseline: bool = False
     remote: bool = False
     on_by_default: bool = True
@@ -38,28 +38,29 @@ class BackendPlan:
 BACKEND_PLANS: dict[str, BackendPlan] = {
     p.name: p
     for p in (
-        BackendPlan("torch", "torch", None, ("torch",)),
-        BackendPlan("onnxruntime", "onnxruntime", ONNX_TARGET, ("onnxruntime",)),
-        BackendPlan("ort-plain", "ort-plain", ONNX_TARGET, ("onnxruntime",), baseline=True),
-        BackendPlan("tvm", "tvm", HOST_TVM_TARGET, ("tvm",)),
-        BackendPlan("tensorrt", "tensorrt", ONNX_TARGET, ("tensorrt",)),
-        BackendPlan("tvm-rpc", "tvm-rpc", None, ("tvm",), remote=True, on_by_default=False),
+        BackendPlan("torch", "torch", None),
+        BackendPlan("onnxruntime", "onnxruntime", ONNX_TARGET),
+        BackendPlan(PLAIN_ORT, PLAIN_ORT, ONNX_TARGET, baseline=True),
+        BackendPlan("tvm", "tvm", HOST_TVM_TARGET),
+        BackendPlan("tensorrt", "tensorrt", ONNX_TARGET),
+        BackendPlan("tvm-rpc", "tvm-rpc", None, remote=True, on_by_default=False),
     )
 }
 
 
 def backend_availability() -> dict[str, str | None]:
     """Backend name -> ``None`` when it can run here, else the reason it cannot (shown in the table)."""
+    from online_tsm.runtimes import available_backends
+
+    runtimes = available_backends()
     out: dict[str, str | None] = {}
     for name, plan in BACKEND_PLANS.items():
-        runtime_ok = plan.runtime == "ort-plain" or plan.runtime in BACKENDS
-        missing = [m for m in plan.needs if importlib.util.find_spec(m) is None]
-        if not runtime_ok:
+        if plan.runtime == PLAIN_ORT:
+            out[name] = None if importlib.util.find_spec("onnxruntime") else "onnxruntime not installed"
+        elif plan.runtime not in BACKENDS:
             out[name] = f"no {plan.runtime} runtime in this online-tsm build"
-        elif missing:
-            out[name] = f"Python package {', '.join(missing)} not installed"
         else:
-            out[name] = None
+            out[name] = runtimes.get(plan.runtime)
     return out
 
 
@@ -126,14 +127,11 @@ class RemoteSpec:
 
 
 def _target_arch(target: str) -> str | None:
-    """CPU architecture of an export target, from the exporter's targets table when it has one."""
-    try:
-        from online_tsm.export.targets import TARGETS  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    row = TARGETS.get(target) if isinstance(TARGETS, dict) else None
-    triple = str(getattr(row, "host_triple", "") or getattr(row, "triple", "") or "")
-    return triple.split("-")[0] or None
+    """CPU architecture an export target's library is built for (``None``: this machine's)."""
+    from online_tsm.export.targets import get_target
+
+    triple = get_target(target).triple
+    return triple.split("-")[0] if triple else None
 
 
 def open_for_plan(plan: BackendPlan, source: Any, threads: int | None, remote: RemoteSpec | None) -> Runtime:
@@ -141,11 +139,11 @@ def open_for_plan(plan: BackendPlan, source: Any, threads: int | None, remote: R
     options: dict[str, Any] = {}
     if threads:
         options["threads"] = threads
-    if plan.runtime == "ort-plain":
+    if plan.runtime == PLAIN_ORT:
         from online_tsm.benchmarks.baselines import PlainOnnxRuntime
 
         return PlainOnnxRuntime(source, **options)
     if plan.remote:
         assert remote is not None
-        options.update(host=remote.host, port=remote.port)
+        options["address"] = f"{remote.host}:{remote.port}"
     return open_runtime(source if not isinstance(source, (str, os.PathLike)) else Path(source), plan.runtime, **options)

@@ -18,13 +18,11 @@ import numpy as np
 from online_tsm.export.manifest import load_manifest
 from online_tsm.runtimes.base import Runtime
 
-PLAIN_ORT = "ort-plain"
-
 
 class PlainOnnxRuntime(Runtime):
     """``session.run(None, {frame, **numpy_buffers})`` per frame: no IO binding, no state kept in ORT."""
 
-    backend = PLAIN_ORT
+    backend = "ort-plain"
 
     def __init__(self, artifact: str | os.PathLike, *, threads: int | None = None) -> None:
         import onnxruntime as ort
@@ -43,8 +41,8 @@ class PlainOnnxRuntime(Runtime):
                          mean=manifest.preprocess.get("mean"), std=manifest.preprocess.get("std"),
                          description=f"ONNX Runtime {ort.__version__} plain session, numpy buffers")
 
-    def _zero_state(self, batch: int) -> dict[str, np.ndarray]:
-        return {b.input: np.zeros([batch, *b.shape[1:]], np.dtype(b.dtype)) for b in self.manifest.buffers}
+    def _zero_state(self) -> dict[str, np.ndarray]:
+        return {b.input: np.zeros(b.shape, np.dtype(b.dtype)) for b in self.manifest.buffers}
 
     def _run(self, frames: np.ndarray, state: dict[str, np.ndarray]) -> tuple[np.ndarray, Any]:
         results = self.session.run(self.output_names, {self.manifest.frame_input: frames, **state})
