@@ -1,32 +1,55 @@
 """Streaming runtimes over several backends -- ``online_tsm.runtimes``.
 
-``open_runtime(source, backend=...)`` returns a :class:`Runtime`; its
+``open_runtime(source, backend="auto")`` returns a :class:`Runtime`; its
 ``new_stream()`` gives a :class:`Stream` with ``step(frame) -> logits``,
 ``reset()`` and ``frames_seen``; ``runtime.step_many(streams, frames)`` batches
 many streams.  Backends are imported lazily, so a missing optional package
-only matters when that backend is asked for.
+only matters when that backend is asked for; ``available_backends()`` says
+which can run here and why the others cannot.
 """
 from __future__ import annotations
 
 import importlib
-import os
+import inspect
 from typing import Any
 
-from online_tsm.runtimes.base import FrameError, Runtime, Stream
+from online_tsm.runtimes.availability import available_backends, resolve_auto
+from online_tsm.runtimes.base import BackendUnavailable, FrameError, Runtime, RuntimeOpenError, Stream
 
-# backend name -> (module, class); data, not branches.
+# backend name -> (module, factory); data, not branches.  "auto" resolves to one of the others.
 BACKENDS: dict[str, tuple[str, str]] = {
+    "auto": ("online_tsm.runtimes.availability", "open_auto"),
     "torch": ("online_tsm.runtimes.torch_backend", "TorchRuntime"),
+    "onnxruntime": ("online_tsm.runtimes.onnxruntime_backend", "OnnxRuntimeRuntime"),
+    "tvm": ("online_tsm.runtimes.tvm_backend", "TvmRuntime"),
+    "tvm-rpc": ("online_tsm.runtimes.tvm_rpc_backend", "TvmRpcRuntime"),
+    "tensorrt": ("online_tsm.runtimes.tensorrt_backend", "TensorRtRuntime"),
 }
 
 
-def open_runtime(source: Any, backend: str = "torch", **options: Any) -> Runtime:
-    """Open ``source`` (export folder, or weights for ``torch``) with ``backend``."""
+def open_runtime(source: Any, backend: str = "auto", **options: Any) -> Runtime:
+    """Open ``source`` -- an export folder, or weights (file, registry name, model) for ``torch`` -- with ``backend``.
+
+    Options go to the backend: ``threads`` (all), ``address="HOST:PORT"`` (tvm-rpc),
+    ``fp16`` (tensorrt), ``batched`` (onnxruntime), ``device`` (torch).
+    """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    module_name, class_name = BACKENDS[backend]
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(source, **options)
+        raise RuntimeOpenError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    module_name, factory_name = BACKENDS[backend]
+    factory = getattr(importlib.import_module(module_name), factory_name)
+    if backend != "auto":
+        _check_options(backend, factory, options)
+    return factory(source, **options)
 
 
-__all__ = ["open_runtime", "Runtime", "Stream", "FrameError", "BACKENDS"]
+def _check_options(backend: str, factory: Any, options: dict[str, Any]) -> None:
+    params = inspect.signature(factory).parameters
+    known = [name for name, p in params.items() if p.kind == p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise RuntimeOpenError(f"backend {backend} does not take option(s) {', '.join(unknown)}; it takes "
+                               f"{', '.join(known) or 'none'}")
+
+
+__all__ = ["open_runtime", "available_backends", "resolve_auto", "Runtime", "Stream", "FrameError",
+           "RuntimeOpenError", "BackendUnavailable", "BACKENDS"]

@@ -1,8 +1,8 @@
 """The streaming protocol every backend implements.
 
 A *runtime* owns a loaded model; a *stream* owns one video's shift buffers.
-Backends implement three hooks (``_zero_state``, ``_run`` and, for batching,
-``_gather``/``_scatter``); everything else -- frame checks, counting,
+Backends implement two hooks, ``_zero_state`` and ``_run``, and may override
+``_run_many`` with a real batch; everything else -- frame checks, counting,
 ``reset``, ``step_many`` -- lives here once, so the benchmark and the demo never
 care which backend runs.
 """
@@ -16,8 +16,12 @@ import numpy as np
 from online_tsm.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_frame
 
 
-class RuntimeError_(RuntimeError):
-    """Base class: a runtime could not be opened or was fed the wrong thing."""
+class RuntimeOpenError(ValueError):
+    """A runtime could not be opened: wrong source, unusable library, unknown backend."""
+
+
+class BackendUnavailable(RuntimeOpenError):
+    """The backend's packages or hardware are missing on this machine; the message says how to get them."""
 
 
 class FrameError(ValueError):
@@ -28,12 +32,12 @@ class Stream:
     """One video's state: the shift buffers carried from frame to frame.
 
     ``state`` is whatever the backend keeps (torch tensors, OrtValues, TVM
-    NDArrays); it never leaves the backend between steps.
+    tensors, device allocations); it never leaves the backend between steps.
     """
 
     def __init__(self, runtime: "Runtime") -> None:
         self.runtime = runtime
-        self.state: Any = runtime._zero_state(1)
+        self.state: Any = runtime._zero_state()
         self.frames_seen = 0
 
     def step(self, frame: np.ndarray) -> np.ndarray:
@@ -45,7 +49,7 @@ class Stream:
 
     def reset(self) -> None:
         """Back to zero buffers, e.g. after a scene cut or a camera reconnect."""
-        self.state = self.runtime._zero_state(1)
+        self.state = self.runtime._zero_state()
         self.frames_seen = 0
 
 
@@ -57,7 +61,7 @@ class Runtime(ABC):
     def __init__(self, *, labels: Sequence[str], input_size: int, frame_shape: Sequence[int],
                  frame_dtype: str = "float32", mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, color_order: str = "rgb", folded_preprocess: bool = False,
-                 description: str = "") -> None:
+                 layout: str = "NCHW", description: str = "") -> None:
         self.labels = list(labels)
         self.n_class = len(self.labels)
         self.input_size = int(input_size)
@@ -66,6 +70,7 @@ class Runtime(ABC):
         self.mean, self.std = tuple(mean), tuple(std)
         self.color_order = color_order
         self.folded_preprocess = folded_preprocess
+        self.layout = layout.upper()
         self.description = description
 
     # -- public API -------------------------------------------------------------------------
@@ -80,32 +85,35 @@ class Runtime(ABC):
 
     def check_frame(self, frame: np.ndarray) -> np.ndarray:
         """Return ``frame`` with the batch dimension added, or raise :class:`FrameError`."""
-        expected = self.frame_shape
+        per_frame = list(self.frame_shape[1:])
         if not isinstance(frame, np.ndarray):
-            raise FrameError(f"expected a numpy {self.frame_dtype} frame of shape {list(expected[1:])}, "
-                             f"got {type(frame).__name__}")
+            raise FrameError(f"expected a numpy {self.frame_dtype} frame of shape {per_frame} "
+                             f"({self._layout_hint()}), got {type(frame).__name__}")
         if frame.dtype != self.frame_dtype:
-            raise FrameError(f"expected a {self.frame_dtype} frame of shape {list(expected[1:])} "
-                             f"({self._layout_hint()}), got dtype {frame.dtype}")
-        if frame.shape == expected[1:]:
+            hint = "; pass camera images through runtime.preprocess(image)" if frame.dtype == np.uint8 else ""
+            raise FrameError(f"expected a {self.frame_dtype} frame of shape {per_frame} ({self._layout_hint()}), "
+                             f"got dtype {frame.dtype}{hint}")
+        if frame.shape == self.frame_shape[1:]:
             frame = frame[None]
-        if frame.shape != expected:
-            raise FrameError(f"expected a frame of shape {list(expected[1:])} or {list(expected)} "
-                             f"({self._layout_hint()}), got {list(frame.shape)}")
+        if frame.shape != self.frame_shape:
+            raise FrameError(self._shape_message(list(frame.shape)))
         return np.ascontiguousarray(frame)
 
     def step_many(self, streams: Sequence[Stream], frames: Sequence[np.ndarray]) -> np.ndarray:
         """Run N streams as one batch; logits ``[N, n_class]`` equal N separate ``step`` calls."""
         if len(streams) != len(frames):
-            raise ValueError(f"got {len(streams)} streams but {len(frames)} frames")
+            raise ValueError(f"step_many needs one frame per stream: got {len(streams)} streams "
+                             f"but {len(frames)} frames")
         if not streams:
             return np.zeros((0, self.n_class), np.float32)
         if any(s.runtime is not self for s in streams):
-            raise ValueError("all streams must come from this runtime")
+            raise ValueError("step_many: all streams must come from this runtime (runtime.new_stream())")
+        if len({id(s) for s in streams}) != len(streams):
+            raise ValueError("step_many: a stream appears twice; each stream takes one frame per step")
         batch = np.concatenate([self.check_frame(f) for f in frames], axis=0)
-        logits, state = self._run(batch, self._gather([s.state for s in streams]))
-        for stream, part in zip(streams, self._scatter(state, len(streams))):
-            stream.state = part
+        logits, states = self._run_many(batch, [s.state for s in streams])
+        for stream, state in zip(streams, states):
+            stream.state = state
             stream.frames_seen += 1
         return logits
 
@@ -118,22 +126,38 @@ class Runtime(ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.backend}: {self.description}>"
+
     # -- backend hooks ----------------------------------------------------------------------
     @abstractmethod
-    def _zero_state(self, batch: int) -> Any:
-        """Zero shift buffers for ``batch`` streams, in the backend's own containers."""
+    def _zero_state(self) -> Any:
+        """Zero shift buffers for one stream, in the backend's own containers."""
 
     @abstractmethod
     def _run(self, frames: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
-        """One step for a batch: ``(logits [B, n_class] float32 numpy, new_state)``."""
+        """One step of one stream: ``(logits [1, n_class] float32 numpy, new_state)``."""
 
-    def _gather(self, states: Sequence[Any]) -> Any:
-        raise NotImplementedError(f"backend {self.backend} does not support step_many")
+    def _run_many(self, frames: np.ndarray, states: list[Any]) -> tuple[np.ndarray, list[Any]]:
+        """One step of N streams (``frames`` ``[N, ...]``); backends with a batched graph override this."""
+        results = [self._run(frames[i:i + 1], state) for i, state in enumerate(states)]
+        return np.concatenate([r[0] for r in results], axis=0), [r[1] for r in results]
 
-    def _scatter(self, state: Any, n: int) -> list[Any]:
-        raise NotImplementedError(f"backend {self.backend} does not support step_many")
-
+    # -- messages ---------------------------------------------------------------------------
     def _layout_hint(self) -> str:
         if self.folded_preprocess:
             return f"uint8 HWC {self.color_order.upper()} image"
-        return "normalised float32 CHW, see online_tsm.preprocess_frame"
+        return f"normalised {self.frame_dtype} {self.layout[1:]}, see runtime.preprocess"
+
+    def _shape_message(self, got: list[int]) -> str:
+        per_frame = list(self.frame_shape[1:])
+        message = (f"expected a frame of shape {per_frame} or {list(self.frame_shape)} ({self._layout_hint()}), "
+                   f"got {got}")
+        core = got[1:] if len(got) == len(per_frame) + 1 and got[0] == 1 else got
+        want = self.layout[1:]
+        if len(per_frame) == 3 and want in ("CHW", "HWC") and core != per_frame:
+            other, order, fix = (("HWC", (1, 2, 0), "frame.transpose(2, 0, 1)") if want == "CHW"
+                                 else ("CHW", (2, 0, 1), "frame.transpose(1, 2, 0)"))
+            if core == [per_frame[i] for i in order]:
+                message += f": that is {other} layout, this model takes {want} ({fix}, or use runtime.preprocess)"
+        return message

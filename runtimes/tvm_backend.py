@@ -1,0 +1,145 @@
+"""TVM backend: the artifact's compiled library run by the Relax VM, buffers kept as TVM tensors.
+
+The library's ``main`` takes the manifest's inputs in order and returns its
+outputs as a tuple in order.  The output tensors of one step are passed
+straight back as the next step's buffer inputs, so buffers never leave the
+device; only the frame is copied in (into one tensor reused for every step)
+and the logits copied out.  Streams start from one shared set of zero
+tensors: the VM never writes into its inputs.
+
+``step_many`` steps the streams one after another: the compiled library
+fixes the batch at 1 and recompiling a batch-N variant at run time would
+take the exporter's whole optimisation pipeline.  A runtime (its VM) serves
+one thread at a time.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from online_tsm.runtimes.artifact import open_artifact
+from online_tsm.runtimes.base import BackendUnavailable, Runtime, RuntimeOpenError
+from online_tsm.runtimes.library import check_runs_here
+
+ENTRY = "main"
+
+
+@dataclass(frozen=True)
+class DeviceTiming:
+    """Per-frame model time measured on the device by TVM's ``time_evaluator`` (milliseconds)."""
+
+    mean_ms: float
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    std_ms: float
+    number: int     # frames averaged per repeat
+    repeat: int
+
+    def __str__(self) -> str:
+        return (f"{self.mean_ms:.2f} ms/frame (median {self.median_ms:.2f}, min {self.min_ms:.2f}, "
+                f"max {self.max_ms:.2f}; {self.repeat} x {self.number} frames)")
+
+
+def import_tvm() -> Any:
+    try:
+        import tvm
+        from tvm import relax  # noqa: F401 -- the VM lives here
+    except ImportError:
+        raise BackendUnavailable("the TVM backends need Apache TVM's Python package: pip install apache-tvm "
+                                 "(on a device that only runs artifacts: pip install apache-tvm, or build TVM's "
+                                 "runtime from source)") from None
+    return tvm
+
+
+class TvmRuntime(Runtime):
+    backend = "tvm"
+
+    def __init__(self, source: str | os.PathLike, *, threads: int | None = None, device_id: int = 0) -> None:
+        self._tvm = tvm = import_tvm()
+        self.artifact = open_artifact(source, self.backend)
+        self._library = self.artifact.file("library", self.backend)
+        fields = self.artifact.runtime_fields()
+        m = self.artifact.manifest
+        self._input_index = {spec.name: i for i, spec in enumerate(m.inputs)}
+        output_index = {spec.name: i for i, spec in enumerate(m.outputs)}
+        self._logits_at = output_index[m.logits_output]
+        self._buffer_from = [output_index[b.output] for b in m.buffers]  # output slot of each buffer input
+        self._buffer_slots = [self._input_index[b.input] for b in m.buffers]
+        self._frame_slot = self._input_index[m.frame_input]
+        self.device, where = self._open(device_id, threads)
+        self._frame = tvm.runtime.empty(tuple(fields["frame_shape"]), fields["frame_dtype"], self.device)
+        self._zeros = [tvm.runtime.tensor(np.zeros(b.shape, np.dtype(b.dtype)), self.device) for b in m.buffers]
+        super().__init__(**fields, description=f"TVM {tvm.__version__} Relax VM, {self._library.name} on {where}")
+
+    # -- loading: local here, remote in the RPC backend ------------------------------------------
+    def _open(self, device_id: int, threads: int | None) -> tuple[Any, str]:
+        tvm = self._tvm
+        kind = self.artifact.target_kind()
+        arch = check_runs_here(self._library)
+        device = tvm.cuda(device_id) if kind == "cuda" else tvm.cpu(0)
+        if kind == "cuda" and not device.exist:
+            raise BackendUnavailable(f"{self._library.name} is compiled for CUDA but this machine has no CUDA GPU "
+                                     "(or TVM was built without CUDA)")
+        if threads:
+            tvm.get_global_func("runtime.config_threadpool")(1, int(threads))
+        try:
+            lib = tvm.runtime.load_module(str(self._library))
+            self._vm = tvm.relax.VirtualMachine(lib, device)
+        except Exception as exc:  # noqa: BLE001 -- dlopen and VM errors come in many types
+            raise RuntimeOpenError(f"TVM could not load {self._library.name} ({arch}): {_first_line(exc)}") from exc
+        self._main = self._vm[ENTRY]
+        return device, f"{kind} ({arch}) device {device}"
+
+    def _invoke(self, args: list[Any]) -> Any:
+        return self._main(*args)
+
+    def device_time(self, n: int = 50, repeat: int = 3) -> DeviceTiming:
+        """Time ``main`` on the device with TVM's ``time_evaluator``: ``repeat`` averages of ``n`` frames.
+
+        The frame is a fixed pseudo-random pattern and the buffers are zeros
+        (a CNN's speed does not depend on the values); streams are untouched.
+        """
+        if n < 1 or repeat < 1:
+            raise ValueError(f"device_time needs n >= 1 and repeat >= 1, got n={n}, repeat={repeat}")
+        rng = np.random.default_rng(0)
+        pattern = rng.integers(0, 256, self.frame_shape) if self.frame_dtype == np.uint8 \
+            else rng.standard_normal(self.frame_shape)
+        self._frame.copyfrom(pattern.astype(self.frame_dtype))
+        self._vm.set_input(ENTRY, *self._arguments(self._zeros))
+        result = self._vm.time_evaluator("invoke_stateful", self.device, number=n, repeat=repeat)(ENTRY)
+        ms = np.asarray(result.results, dtype=np.float64) * 1e3
+        return DeviceTiming(float(ms.mean()), float(np.median(ms)), float(ms.min()), float(ms.max()),
+                            float(ms.std()), n, repeat)
+
+    # -- hooks ------------------------------------------------------------------------------
+    def _zero_state(self) -> list[Any]:
+        return list(self._zeros)
+
+    def _run(self, frames: np.ndarray, state: list[Any]) -> tuple[np.ndarray, list[Any]]:
+        self._frame.copyfrom(frames)
+        outputs = self._invoke(self._arguments(state))
+        if isinstance(outputs, self._tvm.runtime.Tensor):  # a graph without buffers returns one tensor
+            outputs = (outputs,)
+        return outputs[self._logits_at].numpy(), [outputs[i] for i in self._buffer_from]
+
+    def _arguments(self, state: list[Any]) -> list[Any]:
+        args: list[Any] = [None] * len(self._input_index)
+        args[self._frame_slot] = self._frame
+        for slot, tensor in zip(self._buffer_slots, state):
+            args[slot] = tensor
+        return args
+
+    def close(self) -> None:
+        self._vm = self._main = None
+        self._zeros = []
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("File ", "Traceback", "at ", "0:", "1:"))]
+    return (useful[-1] if useful else type(exc).__name__)[:300]
+

@@ -1,0 +1,122 @@
+"""Export folders for the runtime tests, built once per test session, and a loopback TVM RPC server.
+
+``export_artifact`` (the exporter) writes the real thing when it is present;
+until then the same folder layout is assembled from the pieces that exist
+(``export_onnx``, ``build_manifest``, a direct TVM compile), so the runtime
+tests exercise what users will open.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pytest
+
+from helpers import seeded_model
+
+SMALL = dict(seed=1, width_mult=0.5, input_size=96, n_class=10)  # same weights as conftest's model_small
+_BUILT: dict[str, Path] = {}
+
+
+def small_model():
+    kwargs = dict(SMALL)
+    return seeded_model(kwargs.pop("seed"), **kwargs)
+
+
+def build_host_artifact(model, out_dir: Path) -> Path:
+    """Export folder with ``model.onnx``, a host TVM library, ``reference.npz`` and ``manifest.json``."""
+    try:
+        from online_tsm.export.api import export_artifact
+    except ImportError:
+        return _assemble_host_artifact(model, out_dir)
+    return Path(export_artifact(model, "host", out_dir, shift="causal"))
+
+
+def _assemble_host_artifact(model, out_dir: Path) -> Path:  # until online_tsm.export.api lands
+    import onnx
+    import tvm
+    import tvm.relax.frontend.onnx  # noqa: F401
+
+    from online_tsm.export.manifest import write_manifest
+    from online_tsm.export.onnx import build_manifest, deterministic_frames, export_onnx, stream_torch
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    export_onnx(model, out_dir / "model.onnx")
+    mod = tvm.relax.frontend.onnx.from_onnx(onnx.load(str(out_dir / "model.onnx")), keep_params_in_input=False)
+    tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"})).export_library(str(out_dir / "model_host.so"))
+    np.savez(out_dir / "reference.npz", logits=stream_torch(model, deterministic_frames(16, model.input_size)))
+    manifest = build_manifest(model)
+    manifest.target = {"name": "host", "kind": "cpu", "triple": None}
+    write_manifest(out_dir, manifest, {"model.onnx": "onnx", "model_host.so": "library",
+                                       "reference.npz": "reference"})
+    return out_dir
+
+
+def cached_artifact(key: str, factory: pytest.TempPathFactory, make_model: Callable) -> Path:
+    """Build the artifact ``key`` once per session, whichever test module asks first."""
+    if key not in _BUILT:
+        _BUILT[key] = build_host_artifact(make_model(), factory.mktemp(f"artifact-{key}") / "export")
+    return _BUILT[key]
+
+
+def copy_artifact(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def small_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return cached_artifact("small", tmp_path_factory, small_model)
+
+
+# -- loopback RPC server -------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_rpc_server(log_path: Path, timeout: float = 90.0) -> tuple[subprocess.Popen, int]:
+    """``python -m tvm.exec.rpc_server`` on 127.0.0.1 in its own process group; returns once it listens."""
+    port = free_port()
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
+                             "--port", str(port), "--port-end", str(port + 1)],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "bind to" in log_path.read_text(errors="replace"):
+            return proc, port
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    stop_rpc_server(proc)
+    raise RuntimeError(f"TVM RPC server did not start: {log_path.read_text(errors='replace')[-500:]}")
+
+
+def stop_rpc_server(proc: subprocess.Popen) -> None:
+    """Kill the server and the worker processes it forked (its whole process group)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def rpc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Address ``127.0.0.1:PORT`` of a TVM RPC server that lives as long as the test module."""
+    proc, port = start_rpc_server(tmp_path_factory.mktemp("rpc") / "server.log")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop_rpc_server(proc)
