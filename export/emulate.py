@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import struct
 import subprocess
@@ -129,8 +130,13 @@ def _target_of(directory: Path) -> str:
         return "unknown target"
 
 
-def _target_mentions(manifest: Manifest, word: str) -> bool:
-    return word in json.dumps(manifest.target).lower()
+def _needs_cuda(manifest: Manifest) -> bool:
+    """A CUDA target (``kind`` in the targets table): its library cannot load without the CUDA runtime."""
+    return manifest.target.get("kind") == "cuda"
+
+
+def _is_android(manifest: Manifest) -> bool:
+    return "android" in str(manifest.target.get("triple") or "") or "android" in _target_name(manifest)
 
 
 # -- one artifact, host side -------------------------------------------------------------------------
@@ -167,7 +173,7 @@ def _plan(artifact_dir: Path, n_frames: int, workdir: Path, index: int, frames_c
     if library.suffix == ".tar":
         library = _link_for_glibc(library, workdir / f"{index}-objects")
         note = (f"linked the object files of {library_name} against glibc with {CROSS_GCC} for this check only")
-        if _target_mentions(manifest, "android"):
+        if _is_android(manifest):
             note += " (an Android .so needs the NDK's linker; the compiled code checked is the same)"
         result.notes.append(note)
     elif library.suffix != ".so":
@@ -184,7 +190,7 @@ def _plan(artifact_dir: Path, n_frames: int, workdir: Path, index: int, frames_c
              "logits_output": manifest.logits_output,
              "buffers": [{"input": b.input, "output": b.output, "shape": list(b.shape), "dtype": b.dtype}
                          for b in manifest.buffers]}
-    needs_cuda = _target_mentions(manifest, "cuda")
+    needs_cuda = _needs_cuda(manifest)
     return _Plan(result, manifest, reference, check, needs_cuda)
 
 
@@ -229,13 +235,15 @@ def _link_for_glibc(tar_path: Path, folder: Path) -> Path:
 def _run_emulated(sysroot: Sysroot, checks: list[dict], workdir: Path) -> dict[str, dict]:
     """Run the checks, in as many processes as crashes require; ``id -> {"status", "message"}``."""
     job_path, results_path = workdir / "job.json", workdir / "results.json"
+    script = workdir / CHECK_SCRIPT.name     # run from a folder of its own: nothing beside it can shadow tvm
+    shutil.copyfile(CHECK_SCRIPT, script)
     job_path.write_text(json.dumps({"results": str(results_path), "checks": checks}))
     statuses: dict[str, dict] = {}
     for _ in range(len(checks) + 1):
         timeout = 120 + 120 * sum(1 for c in checks if c["id"] not in statuses)
         try:
             # cwd: a core dump of a crashing library lands in the scratch folder, not in the user's.
-            proc = subprocess.run(sysroot.command(CHECK_SCRIPT, str(job_path)), env=sysroot.environment(),
+            proc = subprocess.run(sysroot.command(script, str(job_path)), env=sysroot.environment(),
                                   capture_output=True, text=True, timeout=timeout, cwd=workdir)
             code, stderr = proc.returncode, proc.stderr
         except subprocess.TimeoutExpired as exc:

@@ -25,6 +25,11 @@ import platform
 import sys
 import traceback
 
+# Python puts this script's folder first on sys.path; that folder (online_tsm's ``export/``) holds a ``tvm.py``
+# that would shadow the real TVM.  Only the sysroot's site folder may provide packages here.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
 
 def _write_results(path: str, results: dict) -> None:
     tmp = path + ".tmp"
