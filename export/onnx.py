@@ -54,15 +54,17 @@ def build_manifest(model: MobileNetV2TSM, name: str = "online-tsm", shift: str =
     )
 
 
-def export_onnx(model: MobileNetV2TSM, path: str | os.PathLike, *, opset: int | None = None,
+def export_onnx(model: torch.nn.Module, path: str | os.PathLike, *, opset: int | None = None,
                 simplify: bool = True, verbose: bool = False) -> Path:
     """Write the per-frame graph of ``model`` to ``path``; return the path.
 
+    ``model`` is a :class:`MobileNetV2TSM` or a
+    :class:`~online_tsm.export.folded.FoldedPreprocess` around one.
     ``opset=None`` uses the exporter's default (torch's dynamo exporter, opset 20).
     """
     path = Path(path)
     model = model.eval()
-    example = (torch.zeros(1, 3, model.input_size, model.input_size), *model.init_buffers(1))
+    example = _example_inputs(model)
     ins, outs = buffer_names(len(example) - 1)
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     logging.getLogger("torch.onnx").setLevel(logging.INFO if verbose else logging.ERROR)
@@ -84,9 +86,23 @@ def export_onnx(model: MobileNetV2TSM, path: str | os.PathLike, *, opset: int | 
     return path
 
 
-def stream_torch(model: MobileNetV2TSM, frames: np.ndarray) -> np.ndarray:
-    """Reference logits ``[T, n_class]`` of ``frames`` ``[T, 3, H, W]`` streamed with buffers carried."""
-    buffers = model.init_buffers(1)
+def _example_inputs(model: torch.nn.Module) -> tuple[torch.Tensor, ...]:
+    """Zero frame and zero buffers; a folded-preprocessing wrapper takes a uint8 NHWC camera frame."""
+    camera_hw = getattr(model, "camera_hw", None)
+    core = getattr(model, "model", model) if camera_hw is not None else model
+    if camera_hw is not None:
+        frame = torch.zeros(1, camera_hw[0], camera_hw[1], 3, dtype=torch.uint8)
+    else:
+        frame = torch.zeros(1, 3, model.input_size, model.input_size)
+    return (frame, *core.init_buffers(1))
+
+
+def stream_torch(model: torch.nn.Module, frames: np.ndarray) -> np.ndarray:
+    """Reference logits ``[T, n_class]`` of ``frames`` ``[T, 3, H, W]`` streamed with buffers carried.
+
+    With a folded-preprocessing wrapper the frames are uint8 ``[T, H, W, 3]``.
+    """
+    buffers = getattr(model, "model", model).init_buffers(1) if hasattr(model, "camera_hw") else model.init_buffers(1)
     out = []
     with torch.inference_mode():
         for frame in frames:

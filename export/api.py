@@ -1,0 +1,294 @@
+"""``export_artifact``: weights in, a ready-to-copy artifact folder out.
+
+The folder (see ``manifest.json`` for the contract)::
+
+    model.onnx      per-frame graph, shift buffers as named inputs/outputs (role "onnx")
+    model.so|.tar   the compiled TVM library for the target            (role "library")
+    reference.npz   PyTorch logits [16, n_class] over the verification frames (role "reference")
+    README.txt      how to run it on the device                         (role "readme")
+    manifest.json   names, shapes, buffer pairing, target, tool versions, sha256 of every file
+
+Every step that can silently go wrong is checked here, at export time, not
+on the device: the simplified ONNX graph against PyTorch, a host library
+against PyTorch, a CUDA library for real device code of the target's
+architecture, a cross library for the right ELF machine.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from online_tsm.cli_util import UserError
+from online_tsm.export.folded import DEFAULT_CAMERA_SIZE, FoldedPreprocess
+from online_tsm.export.manifest import MANIFEST_NAME, Manifest, TensorSpec, write_manifest
+from online_tsm.export.onnx import ExportError, build_manifest, export_onnx, stream_onnxruntime, stream_torch
+from online_tsm.export.reference import (REFERENCE_FRAMES, REFERENCE_NAME, compare, frames_for, tolerance_for,
+                                         write_reference)
+from online_tsm.export.targets import ExportTarget, get_target
+from online_tsm.models import MobileNetV2TSM
+
+ONNX_NAME = "model.onnx"
+README_NAME = "README.txt"
+SHIFT_CHOICES = ("causal", "none")
+
+
+class Progress:
+    """Stage messages with elapsed seconds on stderr (silent when disabled)."""
+
+    def __init__(self, enabled: bool = True, stream: Any = None) -> None:
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.start = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            print(f"[{time.perf_counter() - self.start:6.1f}s] {message}", file=self.stream, flush=True)
+
+
+# -- inputs --------------------------------------------------------------------------------
+
+def load_export_model(weights_or_model: Any, input_size: int | None = None, shift: str = "causal") -> MobileNetV2TSM:
+    """The model to export: a path / registry name / :class:`MobileNetV2TSM`, at ``input_size``, TSM or TSN."""
+    from online_tsm.checkpoint import CheckpointError, load_model, model_info
+
+    if shift not in SHIFT_CHOICES:
+        raise UserError(f"shift must be one of {', '.join(SHIFT_CHOICES)}, got {shift!r}")
+    if isinstance(weights_or_model, MobileNetV2TSM):
+        model = weights_or_model
+    elif isinstance(weights_or_model, torch.nn.Module):
+        raise UserError(f"expected a MobileNetV2TSM, a checkpoint path or a weights name, got a "
+                        f"{type(weights_or_model).__name__}")
+    else:
+        try:
+            model = load_model(weights_or_model, input_size=input_size)
+        except CheckpointError as exc:
+            raise UserError(f"cannot read weights {weights_or_model}: {exc}") from None
+    size = int(input_size or model.input_size)
+    if size % 32 or size <= 0:
+        raise UserError(f"--input-size must be a positive multiple of 32, got {size}")
+    blocks = () if shift == "none" else model.shift_blocks
+    if size == model.input_size and tuple(blocks) == tuple(model.shift_blocks):
+        return model.eval()
+    info = model_info(model)
+    rebuilt = MobileNetV2TSM(n_class=model.n_class, width_mult=model.width_mult, input_size=size,
+                             shift_blocks=blocks, fold_div=model.fold_div)
+    rebuilt.load_state_dict(model.state_dict())
+    info.input_size, info.shift_blocks = size, tuple(blocks)
+    rebuilt.info = info
+    return rebuilt.eval()
+
+
+def _model_name(weights_or_model: Any) -> str:
+    if isinstance(weights_or_model, MobileNetV2TSM):
+        return "online-tsm"
+    text = str(weights_or_model)
+    return Path(text).stem.split(".")[0] if os.sep in text or Path(text).suffix else text
+
+
+def prepare_out_dir(out_dir: str | os.PathLike, force: bool) -> Path:
+    """Create ``out_dir``; an existing non-empty folder needs ``force`` and must be an artifact (never wipe others)."""
+    path = Path(out_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"output path {path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()):
+        if not force:
+            raise UserError(f"output folder {path} already exists and is not empty; pass --force to replace it")
+        if not (path / MANIFEST_NAME).is_file():
+            raise UserError(f"refusing to replace {path}: it is not a tsm-export artifact folder (no "
+                            f"{MANIFEST_NAME}); choose another -o")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# -- manifest pieces -------------------------------------------------------------------------
+
+def _fold_manifest(manifest: Manifest, wrapper: FoldedPreprocess) -> None:
+    h, w = wrapper.camera_hw
+    manifest.inputs[0] = TensorSpec(manifest.frame_input, [1, h, w, 3], "uint8")
+    manifest.preprocess.update(folded=True, layout="NHWC", color_order=wrapper.color_order,
+                               camera_size=[h, w], raw_input_shape=[1, h, w, 3], raw_input_dtype="uint8",
+                               resize=f"shorter side to {manifest.preprocess['resize_shorter']} (bilinear, "
+                                      "rounded to integer levels), centre crop, mean/std, inside the graph")
+
+
+def _compiler_versions(row: ExportTarget, library: Any) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+    import onnxslim
+
+    versions: dict[str, Any] = {"torch": torch.__version__, "onnx": onnx.__version__,
+                                "onnxslim": getattr(onnxslim, "__version__", "?"),
+                                "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+    if row.kind != "onnx":
+        from online_tsm.export.tvm import tvm_versions
+
+        versions.update(tvm_versions())
+        if library is not None and library.linker:
+            versions["cross_compiler"] = _tool_version(library.linker)
+        if library is not None and library.device_code:
+            versions["cuda_compiler"] = library.device_code.get("compiler")
+    return versions
+
+
+def _tool_version(tool: str) -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run([tool, "--version"], capture_output=True, text=True, timeout=30).stdout
+        return f"{tool}: {out.strip().splitlines()[0]}" if out.strip() else tool
+    except (OSError, subprocess.SubprocessError):
+        return tool
+
+
+# -- the export ------------------------------------------------------------------------------
+
+def export_artifact(weights_or_model: Any, target: str, out_dir: str | os.PathLike, *, input_size: int | None = None,
+                    opset: int | None = None, fold_preprocess: bool = False, tune: int = 0, force: bool = False,
+                    shift: str = "causal", progress: bool = True, camera_size: tuple[int, int] = DEFAULT_CAMERA_SIZE,
+                    color_order: str = "bgr", library: str = "auto") -> Path:
+    """Export ``weights_or_model`` for ``target`` into ``out_dir``; return the folder.
+
+    ``shift="none"`` exports the TSN baseline (same weights, no shift, no
+    buffers) so that a benchmark can measure what the shift costs.
+    ``fold_preprocess`` makes the graph take uint8 ``[1, H, W, 3]`` frames of
+    ``camera_size`` in ``color_order``.  ``library``: ``auto`` (a ``.so`` when
+    it can be linked here, else a ``.tar`` of objects), ``so`` (error if it
+    cannot be linked) or ``tar``.
+    """
+    say = Progress(progress)
+    row = get_target(target)
+    if library not in ("auto", "so", "tar"):
+        raise UserError(f"library must be auto, so or tar, got {library!r}")
+    if library == "so" and row.kind != "onnx" and row.cross and row.find_linker() is None:
+        from online_tsm.export.tvm import _choose_suffix
+
+        _choose_suffix(row, None, "so")  # raises the one-line "missing cross compiler" error before any work
+    if tune and row.kind != "cpu" or tune and row.cross:
+        raise UserError(f"--tune measures candidates on this machine, so it works for the host target only "
+                        f"(not {row.name})")
+    if tune < 0:
+        raise UserError(f"--tune must be >= 0, got {tune}")
+    model = load_export_model(weights_or_model, input_size, shift)
+    existed = Path(out_dir).expanduser().is_dir()
+    out = prepare_out_dir(out_dir, force)
+    try:
+        return _export(model, row, out, say, name=_model_name(weights_or_model), shift=shift, opset=opset,
+                       fold=fold_preprocess, camera_size=camera_size, color_order=color_order, tune=tune,
+                       library=library)
+    except BaseException:
+        # never leave a half-written folder behind (it is ours: new, empty, or an artifact replaced by --force)
+        shutil.rmtree(out, ignore_errors=True)
+        if existed:
+            out.mkdir(parents=True, exist_ok=True)
+        raise
+
+
+def _export(model: MobileNetV2TSM, row: ExportTarget, out: Path, say: Progress, *, name: str, shift: str,
+            opset: int | None, fold: bool, camera_size: tuple[int, int], color_order: str, tune: int,
+            library: str) -> Path:
+    graph_model: torch.nn.Module = model
+    manifest = build_manifest(model, name=name, shift=shift)
+    if fold:
+        info = getattr(model, "info", None)
+        wrapper = FoldedPreprocess(model, camera_size, color_order,
+                                   mean=manifest.preprocess["mean"], std=manifest.preprocess["std"])
+        _fold_manifest(manifest, wrapper)
+        graph_model = wrapper.eval()
+        if info is not None:
+            graph_model.info = info
+    manifest.preprocess["verification_frames"] = "camera" if fold else "normalised"
+
+    onnx_path = out / ONNX_NAME
+    say(f"exporting the per-frame ONNX graph ({len(manifest.buffers)} shift buffers, "
+        f"{'uint8 camera frames ' + 'x'.join(map(str, camera_size)) if fold else 'input ' + str(model.input_size)})")
+    export_onnx(graph_model, onnx_path, opset=opset, simplify=False)
+    say("simplifying with onnxslim and checking the graph")
+    _simplify(onnx_path)
+
+    frames = frames_for(manifest, REFERENCE_FRAMES)
+    reference = stream_torch(graph_model, frames)
+    tolerance = tolerance_for(reference)
+    say(f"verifying ONNX (ONNX Runtime) against PyTorch over {REFERENCE_FRAMES} streamed frames")
+    diff = compare(stream_onnxruntime(onnx_path, manifest, frames), reference)
+    if not diff <= tolerance:
+        raise ExportError(f"the simplified ONNX graph disagrees with PyTorch: max abs diff {diff:.3g} > "
+                          f"tolerance {tolerance:.3g}")
+    say(f"ONNX matches PyTorch: max abs diff {diff:.2e} (tolerance {tolerance:.1e})")
+    write_reference(out / REFERENCE_NAME, reference, frames_kind=manifest.preprocess["verification_frames"])
+
+    compiled = None
+    notes: list[str] = []
+    if row.kind != "onnx":
+        from online_tsm.export.tvm import compile_library
+
+        compiled = compile_library(onnx_path, manifest, row, out, library=library, tune=tune, progress=say)
+        notes += compiled.notes
+        for note in compiled.notes:
+            say(f"note: {note}")
+        _check_library(out / compiled.filename, row, compiled, say)
+        if row.runs_here:
+            from online_tsm.export.verify import run_tvm
+
+            say(f"verifying the TVM library against PyTorch over {REFERENCE_FRAMES} streamed frames")
+            diff = compare(run_tvm(out / compiled.filename, manifest, frames), reference)
+            if not diff <= tolerance:
+                raise ExportError(f"the TVM build disagrees with PyTorch: max abs diff {diff:.3g} > tolerance "
+                                  f"{tolerance:.3g}")
+            say(f"TVM library matches PyTorch: max abs diff {diff:.2e}")
+
+    manifest.target = row.to_manifest(library=compiled.filename if compiled else None)
+    if compiled is not None:
+        manifest.target.update(tvm_target_resolved=compiled.tvm_target, device_code=compiled.device_code,
+                               tuning=compiled.tuning)
+    manifest.target["notes"] = notes
+    manifest.compiler = _compiler_versions(row, compiled)
+    from online_tsm.export.readme import artifact_readme
+
+    (out / README_NAME).write_text(artifact_readme(manifest, row, out.name))
+    roles = {ONNX_NAME: "onnx", REFERENCE_NAME: "reference", README_NAME: "readme"}
+    if compiled is not None:
+        roles[compiled.filename] = "library"
+    write_manifest(out, manifest, roles)
+    say(f"wrote {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
+    return out
+
+
+def _simplify(onnx_path: Path) -> None:
+    import contextlib
+    import io
+
+    import onnx
+    import onnxslim
+
+    graph = onnx.load(str(onnx_path))
+    with contextlib.redirect_stdout(io.StringIO()):
+        graph = onnxslim.slim(graph)
+    onnx.checker.check_model(graph, full_check=True)
+    onnx.save(graph, str(onnx_path))
+
+
+def _check_library(path: Path, row: ExportTarget, compiled: Any, say: Progress) -> None:
+    """The library's host code must be for the target's machine; CUDA ones must carry device code."""
+    from online_tsm.export import elf
+
+    machines = set(elf.library_machines(path).values())
+    expected = elf.EM_AARCH64 if row.triple and row.triple.startswith("aarch64") else None
+    if expected is not None and machines != {expected}:
+        raise ExportError(f"{path.name} holds {', '.join(elf.machine_name(m) for m in machines)} code, expected "
+                          f"{elf.machine_name(expected)} for {row.name}")
+    names = ", ".join(sorted(elf.machine_name(m) for m in machines))
+    if row.kind == "cuda":
+        code = compiled.device_code
+        say(f"library: {names} host code + {code.get('kernels')} CUDA kernels as a {code.get('arch')} "
+            f"{code.get('format')} ({code.get('compiler')})")
+    else:
+        say(f"library: {path.name}, {names} code")

@@ -1,0 +1,114 @@
+"""``tsm-export``: weights -> artifact folder for a device; ``tsm-export verify DIR``; ``--list-targets``.
+
+Thin on purpose: parsing and messages here, the work in
+:func:`online_tsm.export.api.export_artifact` and
+:func:`online_tsm.export.verify.verify_artifact`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from online_tsm.cli_util import UserError, add_debug_flag, run_cli
+
+
+def _export_parser() -> argparse.ArgumentParser:
+    from online_tsm.export.targets import target_names
+
+    parser = argparse.ArgumentParser(
+        prog="tsm-export",
+        description="Export the online TSM model for a device: model.onnx + compiled TVM library + manifest.json "
+                    "+ README.txt in one folder. 'tsm-export verify DIR' checks a folder.",
+        epilog="targets: " + ", ".join(target_names()) + " (tsm-export --list-targets describes them)")
+    parser.add_argument("--weights", help="checkpoint path or weights name ('default', 'jester'); "
+                                          "default: the built-in default model when shipped")
+    parser.add_argument("--target", help="export target (see --list-targets)")
+    parser.add_argument("-o", "--output", help="output folder (created; must not exist unless --force)")
+    parser.add_argument("--input-size", type=int, default=None, help="frame size (multiple of 32; default: the "
+                                                                      "checkpoint's, 224 for the upstream model)")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's, 20)")
+    parser.add_argument("--fold-preprocess", action="store_true",
+                        help="graph takes uint8 HxWx3 camera frames and resizes/crops/normalises inside")
+    parser.add_argument("--camera-size", default="240x320",
+                        help="HEIGHTxWIDTH of the camera frames for --fold-preprocess (default 240x320)")
+    parser.add_argument("--camera-order", choices=("bgr", "rgb"), default="bgr",
+                        help="colour order of the camera frames for --fold-preprocess (default bgr, as OpenCV)")
+    parser.add_argument("--tune", type=int, default=0, metavar="N",
+                        help="MetaSchedule trials per function (host only); records are cached and reused")
+    parser.add_argument("--shift", choices=("causal", "none"), default="causal",
+                        help="'none' exports the TSN baseline (same weights, no shift) for overhead measurements")
+    parser.add_argument("--library", choices=("auto", "so", "tar"), default="auto",
+                        help="so: fail unless a shared library can be linked here; tar: object archive; "
+                             "auto (default): .so when a linker is present")
+    parser.add_argument("--force", action="store_true", help="replace an existing artifact folder")
+    parser.add_argument("--list-targets", action="store_true", help="print the targets table and exit")
+    parser.add_argument("--quiet", action="store_true", help="no progress messages")
+    add_debug_flag(parser)
+    return parser
+
+
+def _verify_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tsm-export verify",
+        description="Check an artifact folder: re-run it against the stored PyTorch reference (onnx, host), or "
+                    "check sha256s, the library's architecture and device code (aarch64, CUDA targets).")
+    parser.add_argument("directory", help="artifact folder written by tsm-export")
+    parser.add_argument("--emulate", action="store_true",
+                        help="run an aarch64 CPU artifact under qemu and compare numerically")
+    add_debug_flag(parser)
+    return parser
+
+
+def _default_weights() -> str:
+    from online_tsm.weights import default_weights
+
+    if default_weights() is None:
+        raise UserError("no --weights given and this build ships no default model; pass --weights PATH or a "
+                        "weights name (e.g. --weights jester)")
+    return "default"
+
+
+def _export_main(args: argparse.Namespace) -> int:
+    from online_tsm.export.targets import format_table, get_target
+
+    if args.list_targets:
+        print(format_table())
+        return 0
+    if not args.target:
+        raise UserError("--target is required (one of the rows of tsm-export --list-targets)")
+    get_target(args.target)  # unknown target: one line, before loading anything
+    if not args.output:
+        raise UserError("-o/--output DIR is required (the artifact folder to write)")
+    from online_tsm.export.api import export_artifact
+    from online_tsm.export.folded import parse_camera_size
+
+    camera = parse_camera_size(args.camera_size)
+    out = export_artifact(args.weights or _default_weights(), args.target, args.output, input_size=args.input_size,
+                          opset=args.opset, fold_preprocess=args.fold_preprocess, tune=args.tune, force=args.force,
+                          shift=args.shift, progress=not args.quiet, camera_size=camera,
+                          color_order=args.camera_order, library=args.library)
+    print(out)
+    return 0
+
+
+def _verify_main(args: argparse.Namespace) -> int:
+    from online_tsm.export.verify import verify_artifact
+
+    result = verify_artifact(args.directory, emulate=args.emulate)
+    print(f"{result.directory}: target {result.target}, {result.mode} verification")
+    for line in result.lines:
+        print(f"  {line}")
+    print("PASS" if result.passed else "FAIL")
+    return 0 if result.passed else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "verify":
+        return run_cli(_verify_main, _verify_parser(), argv[1:])
+    return run_cli(_export_main, _export_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Pre-processing folded into the graph: the device feeds raw camera frames.
+
+``--fold-preprocess`` wraps the model in :class:`FoldedPreprocess`, whose
+per-frame input is ``uint8 [1, H, W, 3]`` at a stated camera size (BGR as
+OpenCV delivers it, or RGB).  Inside the graph: colour order, shorter-side
+bilinear resize, rounding back to integer levels (as OpenCV's uint8 resize
+does), centre crop and mean/std normalisation -- the same steps as
+:func:`online_tsm.preprocess.preprocess_frame`, so a device needs no numpy.
+
+Not bit-exact with OpenCV: OpenCV's uint8 bilinear resize uses fixed-point
+weights, so a resized pixel can differ by one grey level; the tests state the
+resulting tolerance on the logits.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from online_tsm.preprocess import COLOR_ORDERS, resize_size
+
+DEFAULT_CAMERA_SIZE = (240, 320)  # (height, width): the paper's demo camera
+
+
+def parse_camera_size(text: str) -> tuple[int, int]:
+    """``"240x320"`` (height x width) -> ``(240, 320)``."""
+    try:
+        h, w = (int(v) for v in str(text).lower().replace("*", "x").split("x"))
+    except ValueError:
+        raise ValueError(f"camera size must look like HEIGHTxWIDTH (e.g. 240x320), got {text!r}") from None
+    if h <= 0 or w <= 0:
+        raise ValueError(f"camera size must be positive, got {text!r}")
+    return h, w
+
+
+def resized_shape(camera_hw: Sequence[int], input_size: int) -> tuple[int, int]:
+    """Size after the shorter-side resize, rounded like :func:`online_tsm.preprocess.resize_shorter_side`."""
+    h, w = camera_hw
+    size = resize_size(input_size)
+    if h <= w:
+        return size, max(1, int(round(w * size / h)))
+    return max(1, int(round(h * size / w))), size
+
+
+class FoldedPreprocess(nn.Module):
+    """``model`` behind a raw-frame front end: ``(uint8 [1,H,W,3], *buffers) -> (logits, *buffers)``."""
+
+    def __init__(self, model: nn.Module, camera_hw: Sequence[int], color_order: str = "bgr",
+                 mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225)) -> None:
+        super().__init__()
+        if color_order not in COLOR_ORDERS:
+            raise ValueError(f"color_order must be one of {COLOR_ORDERS}, got {color_order!r}")
+        self.model = model
+        self.camera_hw = (int(camera_hw[0]), int(camera_hw[1]))
+        self.color_order = color_order
+        self.input_size = int(model.input_size)
+        self.resized = resized_shape(self.camera_hw, self.input_size)
+        if min(self.resized) < self.input_size:
+            raise ValueError(f"camera size {self.camera_hw} resizes to {self.resized}, smaller than the "
+                             f"{self.input_size} crop")
+        scale = [1.0 / (255.0 * s) for s in std]
+        offset = [255.0 * m for m in mean]
+        self.register_buffer("offset", torch.tensor(offset, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, frame: torch.Tensor, *buffers: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = frame.permute(0, 3, 1, 2).to(torch.float32)          # NHWC uint8 -> NCHW float
+        if self.color_order == "bgr":
+            x = torch.flip(x, dims=[1])                            # -> RGB, the order the model was trained in
+        if self.resized != self.camera_hw:
+            x = F.interpolate(x, size=self.resized, mode="bilinear", align_corners=False)
+            x = torch.clamp(torch.round(x), 0.0, 255.0)            # back to integer levels, like a uint8 resize
+        h, w = self.resized
+        top, left = (h - self.input_size) // 2, (w - self.input_size) // 2
+        x = x[:, :, top:top + self.input_size, left:left + self.input_size]
+        x = (x - self.offset) * self.scale
+        return self.model(x, *buffers)

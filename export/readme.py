@@ -1,0 +1,100 @@
+"""``README.txt`` of an artifact: what to copy to the device and how to run it there.
+
+The README section "Export (tsm-export)" says the same things per target.
+"""
+from __future__ import annotations
+
+from online_tsm.export.manifest import Manifest
+from online_tsm.export.targets import ExportTarget
+
+_RUN_TVM = """  import numpy as np, tvm
+  from tvm import relax
+  from online_tsm.export.manifest import load_manifest      # or read manifest.json with json
+  m = load_manifest("{folder}")
+  dev = {device}
+  vm = relax.VirtualMachine(tvm.runtime.load_module("{folder}/{library}"), dev)
+  state = {{b.input: tvm.runtime.tensor(np.zeros(b.shape, b.dtype), dev) for b in m.buffers}}
+  for frame in frames:   # {frame_doc}
+      feeds = {{m.frame_input: tvm.runtime.tensor(frame[None], dev), **state}}
+      out = vm["main"](*[feeds[s.name] for s in m.inputs])
+      logits = out[0].numpy()[0]
+      state = {{b.input: out[i + 1] for i, b in enumerate(m.buffers)}}
+  # with online-tsm installed: open_runtime("{folder}", backend="tvm") does all of this
+"""
+
+_TARGET_STEPS = {
+    "host": """Runs on this machine (same CPU model: it was compiled for {mcpu}).
+  tsm-export verify {folder}            # re-runs it against the PyTorch reference
+""",
+    "onnx": """Copy {folder}/ anywhere and run model.onnx with any ONNX runtime, e.g.
+  python -c "import onnxruntime"        # pip install onnxruntime
+  open_runtime("{folder}", backend="onnxruntime")   # with online-tsm installed
+On a Jetson, TensorRT builds an engine from model.onnx on the device:
+  /usr/src/tensorrt/bin/trtexec --onnx={folder}/model.onnx --saveEngine=model.plan --fp16
+""",
+    "raspberry-pi-4": """On the Pi (64-bit Raspberry Pi OS, Python >= 3.9, glibc >= 2.28):
+  scp -r {folder} pi@raspberrypi:
+  pip install apache-tvm==0.27.0.post1 numpy      # aarch64 manylinux_2_28 wheel
+{link_step}  python3 run.py                                 # the Python below
+""",
+    "android-arm64": """Android needs a .so linked by the NDK's clang against bionic (a GNU-linked .so will not load):
+  export TVM_NDK_CC=$NDK/toolchains/llvm/prebuilt/linux-x86_64/bin/aarch64-linux-android24-clang
+  tsm-export --weights ... --target android-arm64 -o {folder} --force --library so   # links model.so here
+or link the shipped object archive yourself:
+  mkdir objs && tar -xf {folder}/model.tar -C objs && $TVM_NDK_CC -shared -o model.so objs/*.o -lm -llog
+Then package model.so + manifest.json with an app that embeds the TVM runtime (TVM's android_deploy /
+android_rpc apps build it with the NDK), or push it to a device running the TVM RPC app and use
+  tsm-bench --rpc HOST:PORT --target android-arm64 --artifact {folder}
+""",
+    "jetson-nano": """The library holds aarch64 (Cortex-A57) host code and CUDA kernels compiled for sm_53 by {cuda_compiler}.
+It needs a TVM runtime built with CUDA on the Jetson (PyPI has no CUDA build for aarch64):
+  scp -r {folder} jetson@nano:
+  # on the Nano: build apache/tvm v0.27 runtime with -DUSE_CUDA=ON -DUSE_LLVM=OFF (runtime only), then
+{link_step}  python3 run.py   (the Python below, with dev = tvm.cuda())
+Caveat: JetPack 4.6 (the Nano's last) ships CUDA 10.2; a cubin from a newer toolkit is not guaranteed to
+load on that driver. The fall-back that always works on the device: TensorRT from model.onnx
+  /usr/src/tensorrt/bin/trtexec --onnx={folder}/model.onnx --saveEngine=model.plan --fp16
+""",
+}
+
+_LINK_TAR = """  mkdir objs && tar -xf {folder}/model.tar -C objs && gcc -shared -o {folder}/model.so objs/*.o -lm
+  (the export shipped model.tar because no aarch64 cross compiler was found here)
+"""
+
+
+def artifact_readme(manifest: Manifest, row: ExportTarget, folder: str = "ARTIFACT") -> str:
+    target = manifest.target or {}
+    library = target.get("library")
+    pre = manifest.preprocess
+    if pre.get("folded"):
+        frame_doc = (f"uint8 [{pre['camera_size'][0]}, {pre['camera_size'][1]}, 3] camera frames in "
+                     f"{pre['color_order'].upper()} order; resize/crop/normalise happen inside the graph")
+    else:
+        frame_doc = (f"float32 [3, {manifest.input_size}, {manifest.input_size}]: shorter side to "
+                     f"{pre['resize_shorter']}, centre crop, RGB, (x/255 - mean)/std (online_tsm.preprocess)")
+    link_step = _LINK_TAR.format(folder=folder) if library and library.endswith(".tar") else ""
+    steps = _TARGET_STEPS.get(row.name, "See the README section 'Export (tsm-export)'.\n").format(
+        folder=folder, link_step=link_step, mcpu=(target.get("tvm_target_resolved") or {}).get("mcpu", "?"),
+        cuda_compiler=(target.get("device_code") or {}).get("compiler", "NVRTC"))
+    lines = [
+        f"online-tsm artifact: {manifest.model.get('name')} for target {row.name} ({row.description})",
+        "",
+        f"Files: {', '.join(sorted(manifest.files))} and manifest.json (names, shapes, buffer pairing, sha256).",
+        f"Input {manifest.frame_input}: {frame_doc}.",
+        f"Shift buffers: {len(manifest.buffers)} pairs; shift_out_k of one frame is shift_k of the next; zeros "
+        "before the first frame (and after a scene cut).",
+        f"Output {manifest.logits_output}: [1, {manifest.model.get('n_class')}] class scores; labels in manifest.json.",
+        "",
+        "On the device:",
+        steps.rstrip("\n"),
+    ]
+    if library:
+        device = "tvm.cuda()" if row.kind == "cuda" else "tvm.cpu()"
+        run_library = library.replace(".tar", ".so")
+        lines += ["", "run.py:", _RUN_TVM.format(folder=folder, library=run_library, device=device,
+                                                 frame_doc=frame_doc).rstrip("\n")]
+    for note in target.get("notes", []):
+        lines.append(f"Note: {note}")
+    lines += ["", f"Check the folder: tsm-export verify {folder}"
+              + ("   (add --emulate to run it under qemu)" if row.kind == "cpu" and row.cross else "")]
+    return "\n".join(lines) + "\n"

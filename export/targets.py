@@ -1,0 +1,167 @@
+"""The export targets: one table of data, one row per device.
+
+In the spirit of TVM's target tags and Ultralytics' export-format table,
+adding a device is adding a row here -- no code elsewhere branches on a
+device name.  ``tsm-export --list-targets`` prints this table.
+"""
+from __future__ import annotations
+
+import platform
+import shutil
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ExportTarget:
+    """How to compile for one device, and what the artifact will hold.
+
+    ``kind``: ``onnx`` (no compilation), ``cpu`` (TVM LLVM) or ``cuda``
+    (TVM CUDA kernels plus an LLVM host part).  ``tvm_target`` is TVM's dict
+    form (CLI strings no longer parse in TVM 0.27); ``tvm_host`` is the host
+    part of a GPU target.  ``triple`` is the host triple the library is built
+    for (``None``: this machine).  ``linker`` names the cross compiler that
+    turns the objects into a shared library; ``linker_env`` an environment
+    variable that overrides it (Android's NDK clang).  ``layout``: the data
+    layout the CPU convolutions are scheduled in.
+    """
+
+    name: str
+    kind: str
+    description: str
+    tvm_target: dict[str, Any] | None = None
+    tvm_host: dict[str, Any] | None = None
+    triple: str | None = None
+    cpu: str = ""
+    linker: str | None = None
+    linker_env: str | None = None
+    library_glibc: bool = True
+    device_notes: str = ""
+    aliases: tuple[str, ...] = field(default=())
+
+    @property
+    def cross(self) -> bool:
+        """True when the library is built for another architecture than this machine's."""
+        return self.triple is not None
+
+    @property
+    def runs_here(self) -> bool:
+        """Whether ``tsm-export verify`` can execute the artifact numerically on this machine."""
+        return self.kind == "onnx" or (self.kind == "cpu" and not self.cross)
+
+    def library_suffix(self, linker_available: bool) -> str | None:
+        """``.so`` when a loadable shared library can be linked here, else ``.tar`` of objects."""
+        if self.kind == "onnx":
+            return None
+        if not self.cross:
+            return ".so"
+        return ".so" if linker_available else ".tar"
+
+    def find_linker(self, env: dict[str, str] | None = None) -> str | None:
+        """Path of the cross linker for this target, if one is installed (or given via ``linker_env``)."""
+        import os
+
+        env = os.environ if env is None else env
+        if self.linker_env and env.get(self.linker_env):
+            return env[self.linker_env]
+        if self.linker_env and not self.library_glibc:
+            return None  # a GNU cross gcc links against glibc, which bionic (Android) will not load
+        return shutil.which(self.linker) if self.linker else None
+
+    def to_manifest(self, *, library: str | None) -> dict[str, Any]:
+        """The row as written into ``manifest.json`` (plus the library that was produced)."""
+        row = asdict(self)
+        row["aliases"] = list(self.aliases)
+        row["library"] = library
+        row["runs_here"] = self.runs_here
+        row["machine"] = platform.machine()
+        return row
+
+
+_AARCH64_GNU = "aarch64-linux-gnu"
+
+TARGETS: tuple[ExportTarget, ...] = (
+    ExportTarget(
+        name="host",
+        kind="cpu",
+        description="this machine's CPU (LLVM, -mcpu=native), NHWC schedules, multi-threaded",
+        tvm_target={"kind": "llvm", "mcpu": "native"},
+        device_notes="runs here; verify compares it with PyTorch numerically",
+    ),
+    ExportTarget(
+        name="jetson-nano",
+        kind="cuda",
+        description="NVIDIA Jetson Nano: CUDA sm_53 kernels + aarch64 Cortex-A57 host code",
+        tvm_target={"kind": "cuda", "arch": "sm_53", "max_num_threads": 1024, "thread_warp_size": 32,
+                    "max_shared_memory_per_block": 49152, "registers_per_block": 32768},
+        tvm_host={"kind": "llvm", "mtriple": _AARCH64_GNU, "mcpu": "cortex-a57", "mattr": ["+neon"]},
+        triple=_AARCH64_GNU,
+        cpu="cortex-a57",
+        linker="aarch64-linux-gnu-gcc",
+        device_notes="needs a TVM runtime built with CUDA on the Nano; kernels are sm_53 cubins (NVRTC 12.9)",
+        aliases=("jetson", "nano"),
+    ),
+    ExportTarget(
+        name="android-arm64",
+        kind="cpu",
+        description="Android arm64 phones (Galaxy Note8 class: Cortex-A73/A53), NEON",
+        tvm_target={"kind": "llvm", "mtriple": "aarch64-linux-android", "mcpu": "cortex-a73", "mattr": ["+neon"]},
+        triple="aarch64-linux-android",
+        cpu="cortex-a73",
+        linker=None,
+        linker_env="TVM_NDK_CC",
+        library_glibc=False,
+        device_notes="a loadable .so needs the NDK's clang (set TVM_NDK_CC); otherwise a .tar to link with the NDK",
+        aliases=("android",),
+    ),
+    ExportTarget(
+        name="raspberry-pi-4",
+        kind="cpu",
+        description="Raspberry Pi 4 (Cortex-A72, 64-bit OS), NEON",
+        tvm_target={"kind": "llvm", "mtriple": _AARCH64_GNU, "mcpu": "cortex-a72", "mattr": ["+neon"]},
+        triple=_AARCH64_GNU,
+        cpu="cortex-a72",
+        linker="aarch64-linux-gnu-gcc",
+        device_notes="pip install apache-tvm on the Pi (manylinux_2_28_aarch64 wheels) and load the .so",
+        aliases=("rpi4", "raspberry-pi", "pi4"),
+    ),
+    ExportTarget(
+        name="onnx",
+        kind="onnx",
+        description="ONNX only (ONNX Runtime, TensorRT on the device, ...); no compilation",
+        device_notes="any ONNX runtime; verify runs it with ONNX Runtime here",
+    ),
+)
+
+
+def target_names() -> list[str]:
+    return [t.name for t in TARGETS]
+
+
+def get_target(name: str) -> ExportTarget:
+    """The row called ``name`` (or one of its aliases); a clear error listing known targets otherwise."""
+    key = str(name).strip().lower()
+    for row in TARGETS:
+        if key == row.name or key in row.aliases:
+            return row
+    raise ValueError(f"unknown target {name!r}; known targets: {', '.join(target_names())} "
+                     "(tsm-export --list-targets describes them)")
+
+
+def format_table() -> str:
+    """The targets table as printed by ``tsm-export --list-targets``."""
+    rows = [("target", "kind", "host triple", "library", "description")]
+    for t in TARGETS:
+        if t.kind == "onnx":
+            lib = "-"
+        elif not t.cross:
+            lib = "model.so"
+        elif t.linker_env and not t.library_glibc:
+            lib = f"model.tar (.so with ${t.linker_env})"
+        else:
+            lib = f"model.so ({t.linker}) / .tar"
+        rows.append((t.name, t.kind, t.triple or "this machine", lib, t.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
+    lines.insert(1, "-" * max(len(line) for line in lines))
+    return "\n".join(lines)

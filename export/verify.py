@@ -1,0 +1,146 @@
+"""``tsm-export verify DIR``: check an artifact folder against the PyTorch reference stored in it.
+
+Artifacts that run here (``onnx`` with ONNX Runtime, ``host`` with TVM) are
+re-run over the verification frames with the shift buffers carried by the
+manifest's names, and compared with ``reference.npz``.  Artifacts for other
+machines (aarch64, CUDA) are checked statically: every sha256 of the
+manifest, the ELF machine of the library (of each object in a ``.tar``) and,
+for CUDA targets, the device code of the target's architecture inside it.
+Numbers for those need the device, TVM RPC, or ``--emulate`` (aarch64 CPU
+targets under qemu, :mod:`online_tsm.export.emulate`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from online_tsm.export.manifest import Manifest, ManifestError, load_manifest
+from online_tsm.export.reference import REFERENCE_FRAMES, compare, frames_for, read_reference, tolerance_for
+
+
+@dataclass
+class VerifyResult:
+    """Outcome of a verification; ``passed`` False makes the CLI exit non-zero."""
+
+    directory: Path
+    target: str
+    mode: str                      # "numerical (onnxruntime)", "numerical (tvm)", "static", "emulated"
+    passed: bool
+    max_abs_diff: float | None = None
+    tolerance: float | None = None
+    lines: list[str] = field(default_factory=list)
+
+
+def run_tvm(library: str | Path, manifest: Manifest, frames: np.ndarray) -> np.ndarray:
+    """Logits of ``frames`` through a host TVM library, buffers carried on the device by manifest names."""
+    import tvm
+    from tvm import relax
+
+    dev = tvm.cpu()
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), dev)
+    state = {b.input: tvm.runtime.tensor(np.zeros(b.shape, np.dtype(b.dtype)), dev) for b in manifest.buffers}
+    out = []
+    for frame in frames:
+        feeds = {manifest.frame_input: tvm.runtime.tensor(np.ascontiguousarray(frame[None]), dev), **state}
+        outputs = vm["main"](*[feeds[s.name] for s in manifest.inputs])
+        if not manifest.buffers and not isinstance(outputs, (tuple, list)) and not hasattr(outputs, "__len__"):
+            outputs = [outputs]
+        by_name = {s.name: outputs[i] for i, s in enumerate(manifest.outputs)}
+        out.append(by_name[manifest.logits_output].numpy()[0])
+        state = {b.input: by_name[b.output] for b in manifest.buffers}
+    return np.stack(out)
+
+
+def _numerical(directory: Path, manifest: Manifest, backend: str) -> VerifyResult:
+    from online_tsm.export.onnx import stream_onnxruntime
+
+    reference = read_reference(directory / (manifest.file_with_role("reference") or "reference.npz"))
+    frames = frames_for(manifest, REFERENCE_FRAMES)
+    if backend == "onnxruntime":
+        actual = stream_onnxruntime(directory / _role(manifest, "onnx", directory), manifest, frames)
+    else:
+        actual = run_tvm(directory / _role(manifest, "library", directory), manifest, frames)
+    diff = compare(actual, reference[:len(frames)])
+    tolerance = tolerance_for(reference)
+    passed = diff <= tolerance
+    return VerifyResult(directory, manifest.target.get("name", "?"), f"numerical ({backend})", passed, diff, tolerance,
+                        [f"{len(frames)} streamed frames, buffers carried by the manifest names: max abs diff "
+                         f"{diff:.3e} vs PyTorch (tolerance {tolerance:.1e}): {'PASS' if passed else 'FAIL'}"])
+
+
+def _role(manifest: Manifest, role: str, directory: Path) -> str:
+    name = manifest.file_with_role(role)
+    if name is None:
+        raise ManifestError(f"{directory}: manifest lists no file with role {role!r}")
+    return name
+
+
+def _static(directory: Path, manifest: Manifest) -> VerifyResult:
+    from online_tsm.export import elf
+
+    target = manifest.target
+    name = target.get("name", "?")
+    library = _role(manifest, "library", directory)
+    lines = [f"sha256 of {len(manifest.files)} files: OK"]
+    triple = target.get("triple") or ""
+    expected = elf.EM_AARCH64 if triple.startswith("aarch64") else None
+    passed = True
+    try:
+        machines = elf.library_machines(directory / library)
+    except (elf.ElfError, OSError) as exc:
+        machines, passed = {}, False
+        lines.append(f"{library}: not a library ({exc})")
+    if machines:
+        kinds = sorted({elf.machine_name(m) for m in machines.values()})
+        ok = expected is None or set(machines.values()) == {expected}
+        passed &= ok
+        lines.append(f"{library}: {len(machines)} ELF object(s), machine {', '.join(kinds)}"
+                     + ("" if ok else f" -- expected {elf.machine_name(expected)}: FAIL"))
+    if target.get("kind") == "cuda":
+        arch = (target.get("tvm_target") or {}).get("arch", "")
+        images = elf.embedded_cuda_images(directory / library)
+        cubins = [i for i in images if i.kind == "cubin" and i.arch == arch]
+        ok = bool(cubins)
+        passed &= ok
+        lines.append(f"CUDA device code: {len(cubins)} {arch} cubin(s)"
+                     + (f" with {len(elf.cubin_kernel_names(directory / library, cubins[0]))} kernels" if ok
+                        else " -- none found (kernels kept as source?): FAIL"))
+    lines.append(f"numerical verification of {name} needs the device (tsm-bench/runtimes over TVM RPC) "
+                 + ("or --emulate (aarch64 under qemu)" if target.get("kind") == "cpu" else
+                    "(CUDA kernels cannot run without an NVIDIA GPU)"))
+    return VerifyResult(directory, name, "static", passed, lines=lines)
+
+
+def verify_artifact(directory: str | Path, *, emulate: bool = False) -> VerifyResult:
+    """Verify ``directory``; raises :class:`ManifestError` for a missing/corrupt manifest or a sha256 mismatch."""
+    directory = Path(directory).expanduser()
+    manifest = load_manifest(directory)  # checks every sha256
+    target = manifest.target or {}
+    kind = target.get("kind")
+    if emulate:
+        return _emulated(directory, target)
+    if kind == "onnx" or not manifest.file_with_role("library"):
+        return _numerical(directory, manifest, "onnxruntime")
+    if target.get("runs_here") and kind == "cpu":
+        import platform
+
+        if target.get("machine") and target.get("machine") != platform.machine():
+            return _static(directory, manifest)
+        return _numerical(directory, manifest, "tvm")
+    return _static(directory, manifest)
+
+
+def _emulated(directory: Path, target: dict) -> VerifyResult:
+    try:
+        from online_tsm.export.emulate import verify_emulated
+    except ImportError as exc:
+        raise RuntimeError(f"--emulate is not available in this installation ({exc})") from None
+    check = verify_emulated(directory, n_frames=REFERENCE_FRAMES)
+    lines = list(getattr(check, "notes", []) or [])
+    diff, tolerance, passed = check.max_abs_diff, check.tolerance, bool(check.passed)
+    if diff is not None:
+        lines.insert(0, f"aarch64 under qemu, {REFERENCE_FRAMES} streamed frames: max abs diff {diff:.3e} vs "
+                        f"PyTorch (tolerance {tolerance:.1e}): {'PASS' if passed else 'FAIL'}")
+    return VerifyResult(directory, target.get("name", "?"), "emulated", passed, diff, tolerance, lines)
