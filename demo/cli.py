@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--weights", metavar="PATH_OR_NAME",
                        help="checkpoint file or registry name, e.g. 'jester' (default: the shipped default model)")
 
+    model.add_argument("--threads", type=positive_int, help="CPU threads of the backend (default: its own)")
+    model.add_argument("--address", metavar="HOST:PORT", help="RPC server of the device (--backend tvm-rpc)")
+
     smooth = p.add_argument_group("smoothing")
     smooth.add_argument("--history", type=positive_int, default=DEFAULT_HISTORY,
                         help=f"average the logits of this many inferences (default {DEFAULT_HISTORY})")
@@ -106,7 +109,8 @@ def demo_main(args: argparse.Namespace) -> int:
     source = open_source(args.source, width=args.width, height=args.height, fps=args.fps,
                          queue_size=args.queue, seed=args.seed)
     with source:
-        demo = load_demo_model(args.backend, artifact=args.artifact, weights=args.weights, seed=args.seed)
+        demo = load_demo_model(args.backend, artifact=args.artifact, weights=args.weights, seed=args.seed,
+                               threads=args.threads, address=args.address)
         runtime = demo.runtime
         with runtime:
             ignored = default_ignored(runtime.labels) if args.ignore is None \

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -62,19 +63,23 @@ def random_model(seed: int = 0, n_class: int = len(JESTER_LABELS)) -> MobileNetV
 
 
 def load_demo_model(backend: str, artifact: str | Path | None = None, weights: str | None = None,
-                    seed: int = 0) -> DemoModel:
-    """Open the runtime the demo streams through (see the module docstring for the order of choices)."""
+                    seed: int = 0, **options: Any) -> DemoModel:
+    """Open the runtime the demo streams through (see the module docstring for the order of choices).
+
+    ``options`` go to the backend (``threads``, ``address`` for tvm-rpc); ``None`` values are left out.
+    """
+    options = {k: v for k, v in options.items() if v is not None}
     if backend not in BACKENDS:
-        raise UserError(f"unknown backend {backend!r}; available here: {', '.join(BACKENDS)}")
+        raise UserError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     if artifact is not None:
         if backend in CHECKPOINT_BACKENDS:
             others = [b for b in BACKENDS if b not in CHECKPOINT_BACKENDS]
             raise UserError(f"--backend {backend} runs a checkpoint (--weights), not an exported folder; "
-                            f"for --artifact use one of: {', '.join(others) or '(none installed)'}")
+                            f"for --artifact use one of: {', '.join(others)}")
         path = Path(artifact).expanduser()
         if not path.is_dir():
             raise UserError(f"no such export folder: {path} (tsm-export writes one)")
-        return DemoModel(open_runtime(str(path), backend=backend), f"artifact {path}", untrained=False)
+        return DemoModel(open_runtime(str(path), backend=backend, **options), f"artifact {path}", untrained=False)
 
     if backend not in CHECKPOINT_BACKENDS and backend != "auto":
         raise UserError(f"--backend {backend} runs an exported folder: pass --artifact DIR (written by tsm-export), "
@@ -82,7 +87,7 @@ def load_demo_model(backend: str, artifact: str | Path | None = None, weights: s
     name = weights or DEFAULT_NAME
     if name == DEFAULT_NAME and not Path(name).exists() and default_weights() is None:
         model = random_model(seed)
-        return DemoModel(open_runtime(model, backend="torch"),
+        return DemoModel(open_runtime(model, backend="torch", **options),
                          f"random weights (seed {seed}): this build ships no trained default model", untrained=True)
     # A checkpoint always runs on the PyTorch backend, also under "auto".
-    return DemoModel(open_runtime(name, backend="torch"), f"weights {name}", untrained=False)
+    return DemoModel(open_runtime(name, backend="torch", **options), f"weights {name}", untrained=False)

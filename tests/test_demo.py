@@ -7,6 +7,7 @@ import re
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from helpers import seeded_model
 from online_tsm.checkpoint import save_checkpoint
@@ -24,6 +25,16 @@ def small_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("demo") / "small.pt"
     save_checkpoint(seeded_model(seed=3, width_mult=0.5, input_size=96, n_class=10), path, labels=SMALL_LABELS)
     return path
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on a 2-core machine shared with other jobs, two spinning OpenMP threads made the
+    120-frame run 20x slower (measured: 149 s vs 6.8 s at load 10). Speed is not under test here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def read_log(path) -> list[dict]:
@@ -173,3 +184,51 @@ def test_untrained_fallback_is_labelled(monkeypatch):
     demo = load_demo_model("torch")
     assert demo.untrained and "random weights" in demo.source
     assert demo.runtime.labels == list(JESTER_LABELS)
+
+
+@pytest.fixture(scope="session")
+def small_onnx_folder(tmp_path_factory):
+    """An export folder with only the ONNX graph (no compiled library): cheap, and ``auto`` must pick onnxruntime."""
+    from online_tsm.checkpoint import model_info
+    from online_tsm.export.manifest import write_manifest
+    from online_tsm.export.onnx import build_manifest, export_onnx
+
+    model = seeded_model(seed=3, width_mult=0.5, input_size=96, n_class=10)
+    model.info = model_info(model, labels=SMALL_LABELS)
+    folder = tmp_path_factory.mktemp("demo-artifact") / "export"
+    folder.mkdir()
+    export_onnx(model, folder / "model.onnx")
+    write_manifest(folder, build_manifest(model), {"model.onnx": "onnx"})
+    return folder
+
+
+def test_artifact_on_auto_matches_the_checkpoint_on_torch(tmp_path, small_onnx_folder, small_checkpoint, capsys):
+    """Labels from the manifest; the same frames through ONNX Runtime and PyTorch give the same predictions."""
+    common = ["--source", "synthetic", "--headless", "--frames", "8", "--history", "1", "--threads", "1"]
+    assert cli.main(common + ["--artifact", str(small_onnx_folder), "--backend", "auto",
+                              "--log", str(tmp_path / "ort.jsonl")]) == 0
+    assert "-> onnxruntime" in capsys.readouterr().err
+    assert cli.main(common + ["--weights", str(small_checkpoint), "--log", str(tmp_path / "torch.jsonl")]) == 0
+    ort, ref = read_log(tmp_path / "ort.jsonl"), read_log(tmp_path / "torch.jsonl")
+    assert [r["label"] for r in ort] == [r["label"] for r in ref]
+    for a, b in zip(ort, ref):
+        assert [t["label"] for t in a["top3"]] == [t["label"] for t in b["top3"]]
+        assert [t["p"] for t in a["top3"]] == pytest.approx([t["p"] for t in b["top3"]], abs=2e-3)
+    assert {t["label"] for r in ort for t in r["top3"]} <= set(SMALL_LABELS)
+
+
+def test_artifact_errors(tmp_path, small_onnx_folder, capsys):
+    assert "no such export folder" in run_error(capsys, "--source", "synthetic", "--headless",
+                                                "--backend", "onnxruntime", "--artifact", str(tmp_path / "none"))
+    assert "runs an exported folder: pass --artifact DIR" in run_error(
+        capsys, "--source", "synthetic", "--headless", "--backend", "onnxruntime")
+    assert "does not take option(s) address" in run_error(
+        capsys, "--source", "synthetic", "--headless", "--artifact", str(small_onnx_folder),
+        "--backend", "onnxruntime", "--address", "1.2.3.4:9090")
+
+
+def test_console_script_is_installed():
+    from importlib.metadata import entry_points
+
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
+    assert scripts.get("tsm-demo") == "online_tsm.demo.cli:main"
