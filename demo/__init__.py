@@ -1,1 +1,7 @@
-"""Real-time gesture demo -- ``online_tsm.demo``."""
+"""Real-time gesture demo -- ``online_tsm.demo`` (the ``tsm-demo`` command).
+
+``sources`` (camera on its own thread, video file, folder of frames, synthetic),
+``model`` (which runtime to open), ``app`` (the loop), ``overlay`` (drawing),
+``sinks`` (video, JSON-lines log, screenshot, console), ``window`` (OpenCV
+window), ``cli``.  The smoothing lives in :mod:`online_tsm.smoothing`.
+"""
