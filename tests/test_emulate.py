@@ -23,14 +23,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from online_tsm.export.emulate import (EMULATED_TIMING_NOTE, EmulatedCheck, EmulationCheckError, elf_machine,
-                                       tolerance_for, verify_emulated, verify_emulated_many)
+from online_tsm.export.emulate import (EMULATED_TIMING_NOTE, EmulatedCheck, EmulationCheckError, tolerance_for,
+                                       verify_emulated, verify_emulated_many)
 from online_tsm.export.manifest import ManifestError, load_manifest, write_manifest
 from online_tsm.export.sysroot import EmulationUnavailable, ensure_sysroot, file_lock, missing_system_packages
-
-AARCH64_LINUX = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]}
-AARCH64_ANDROID = {"kind": "llvm", "mtriple": "aarch64-linux-android", "mcpu": "cortex-a76", "mattr": ["+neon"]}
-
 
 def _require_emulator() -> None:
     missing = missing_system_packages()
@@ -44,32 +40,13 @@ def _require_emulator() -> None:
 
 
 # -- artifacts ----------------------------------------------------------------------------------------
-def _build_artifact(model, target_name: str, out_dir: Path) -> Path:
-    """A compiled artifact as ``tsm-export`` writes it (stand-in until export_artifact lands)."""
-    import onnx
-    import tvm
-    from tvm.relax.frontend.onnx import from_onnx
+def _export_with_cli(model, target: str, out_dir: Path, tmp: Path) -> Path:
+    """The user's path: a checkpoint on disk, then ``tsm-export --weights CKPT --target T -o DIR``."""
+    from online_tsm.checkpoint import save_checkpoint
+    from online_tsm.export.cli import main
 
-    from online_tsm.export.onnx import build_manifest, deterministic_frames, export_onnx, stream_torch
-
-    out_dir.mkdir(parents=True)
-    manifest = build_manifest(model)
-    onnx_path = export_onnx(model, out_dir / "model.onnx")
-    mod = from_onnx(onnx.load(str(onnx_path)), shape_dict={s.name: s.shape for s in manifest.inputs},
-                    keep_params_in_input=False)
-    android = target_name == "android-arm64"
-    executable = tvm.compile(mod, tvm.target.Target(AARCH64_ANDROID if android else AARCH64_LINUX))
-    if android:   # no NDK here: object files, as the exporter ships them
-        library = "model.tar"
-        executable.export_library(str(out_dir / library))
-    else:
-        library = "model.so"
-        executable.export_library(str(out_dir / library),
-                                  fcompile=tvm.support.cc.cross_compiler("aarch64-linux-gnu-gcc"))
-    np.savez(out_dir / "reference.npz",
-             logits=stream_torch(model, deterministic_frames(16, manifest.input_size)))
-    manifest.target = {"name": target_name, "mtriple": (AARCH64_ANDROID if android else AARCH64_LINUX)["mtriple"]}
-    write_manifest(out_dir, manifest, {"model.onnx": "onnx", library: "library", "reference.npz": "reference"})
+    checkpoint = save_checkpoint(model, tmp / f"{target}.pt")
+    assert main(["--weights", str(checkpoint), "--target", target, "-o", str(out_dir), "--quiet"]) == 0
     return out_dir
 
 
@@ -89,11 +66,14 @@ def _copy_with_library(source: Path, dest: Path, library_bytes: bytes | None) ->
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory, model_small, model_224) -> dict[str, Path]:
+    from online_tsm.export.api import export_artifact
+
     _require_emulator()
     base = tmp_path_factory.mktemp("emulate")
-    built = {"small-rpi": _build_artifact(model_small, "raspberry-pi-4", base / "small-rpi"),
-             "small-android": _build_artifact(model_small, "android-arm64", base / "small-android"),
-             "224-rpi": _build_artifact(model_224, "raspberry-pi-4", base / "224-rpi")}
+    built = {"small-rpi": export_artifact(model_small, "raspberry-pi-4", base / "small-rpi", progress=False),
+             "small-android": _export_with_cli(model_small, "android-arm64", base / "small-android", base),
+             "small-jetson": export_artifact(model_small, "jetson-nano", base / "small-jetson", progress=False),
+             "224-rpi": export_artifact(model_224, "raspberry-pi-4", base / "224-rpi", progress=False)}
     so = (built["small-rpi"] / "model.so").read_bytes()
     built["corrupt"] = _copy_with_library(built["small-rpi"], base / "corrupt", so[: len(so) // 3])
     return built
@@ -103,7 +83,7 @@ def artifacts(tmp_path_factory, model_small, model_224) -> dict[str, Path]:
 def emulated(artifacts) -> dict[str, EmulatedCheck]:
     """All emulated checks of the session, in one call (the corrupted library first, to test recovery)."""
     ensure_sysroot()   # the first preparation is slow and reported; not part of the check below
-    order = ["corrupt", "small-rpi", "small-android", "224-rpi"]
+    order = ["corrupt", "small-rpi", "small-android", "small-jetson", "224-rpi"]
     results = verify_emulated_many([artifacts[name] for name in order])
     return dict(zip(order, results))
 
@@ -139,6 +119,33 @@ def test_corrupted_library_fails_clearly_and_the_other_checks_still_run(emulated
     assert emulated["small-rpi"].passed is True   # it ran in the fresh process started after the crash
 
 
+def test_jetson_library_needing_cuda_is_reported_as_not_checked(emulated):
+    result = emulated["small-jetson"]
+    assert result.passed is None and result.max_abs_diff is None and result.error is None
+    assert "not checked numerically" in result.notes[0] and "CUDA runtime" in result.notes[0]
+    assert "NOT CHECKED" in result.summary()
+
+
+@pytest.mark.parametrize("name", ["small-rpi", "small-android"])
+def test_tsm_export_verify_emulate_prints_the_diff_and_exits_0(artifacts, name, capsys):
+    from online_tsm.export.cli import main
+
+    assert main(["verify", str(artifacts[name]), "--emulate"]) == 0
+    out = capsys.readouterr().out
+    assert "max abs diff" in out and "vs PyTorch" in out and "PASS" in out
+    if name == "small-android":
+        assert "against glibc" in out
+
+
+def test_tsm_export_verify_emulate_fails_clearly_on_a_wrong_architecture(artifacts, tmp_path, capsys):
+    from online_tsm.export.cli import main
+
+    folder = _copy_with_library(artifacts["small-rpi"], tmp_path / "x86", Path(sys.executable).resolve().read_bytes())
+    assert main(["verify", str(folder), "--emulate"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not aarch64" in err and len(err.strip().splitlines()) == 1
+
+
 def test_emulated_results_never_carry_timings(emulated):
     names = {f.name for f in fields(EmulatedCheck)}
     assert not names & {"latency", "latency_ms", "time", "timing", "fps", "seconds"}
@@ -147,11 +154,19 @@ def test_emulated_results_never_carry_timings(emulated):
 
 # -- clear failures before any emulation -----------------------------------------------------------------
 def test_wrong_architecture_library_fails_clearly(artifacts, tmp_path):
+    from online_tsm.export import elf
+
     x86_library = Path(sys.executable).resolve().read_bytes()   # an x86-64 ELF on these machines
     folder = _copy_with_library(artifacts["small-rpi"], tmp_path / "x86", x86_library)
-    expected = elf_machine(x86_library)
+    expected = elf.machine_name(elf.elf_machine(x86_library))
     assert expected != "aarch64"
     with pytest.raises(EmulationCheckError, match=rf"model\.so is {expected}, not aarch64"):
+        verify_emulated(folder)
+
+
+def test_library_that_is_not_elf_fails_clearly(artifacts, tmp_path):
+    folder = _copy_with_library(artifacts["small-rpi"], tmp_path / "text", b"this is not a shared library\n" * 10)
+    with pytest.raises(EmulationCheckError, match=r"model\.so is not an ELF library"):
         verify_emulated(folder)
 
 
@@ -220,12 +235,9 @@ def test_second_preparer_waits_for_the_lock(tmp_path):
     assert said and "waiting for another process" in said[0]
 
 
-def test_tolerance_and_elf_names():
+def test_tolerance_is_relative_with_a_floor():
     assert tolerance_for(np.array([[0.5, -0.2]])) == 1e-4
     assert tolerance_for(np.array([[3.0, -8.0]])) == pytest.approx(8e-4)
-    assert elf_machine(b"\x7fELF\x02\x01\x01" + b"\0" * 11 + b"\xb7\x00") == "aarch64"
-    assert elf_machine(b"\x7fELF\x02\x01\x01" + b"\0" * 11 + b"\x3e\x00") == "x86-64"
-    assert elf_machine(b"MZ\x90\x00") == "not an ELF file"
 
 
 def test_emulated_python_that_cannot_start_is_reported_in_one_line(tmp_path):
