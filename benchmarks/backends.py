@@ -6,6 +6,7 @@ artifact the backend runs (``None``: it runs the PyTorch model directly);
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import ipaddress
 import os
@@ -72,24 +73,32 @@ def default_bench_backends(remote: bool = False) -> list[str]:
 
 def export_for_plan(model: MobileNetV2TSM, target: str, out_dir: Path, shift: str) -> Path:
     """Write the artifact of ``model`` for ``target`` (``shift="none"``: the TSN baseline) into ``out_dir``."""
-    try:
-        from online_tsm.export.api import export_artifact
-    except ImportError:  # TEMPORARY until the exporter lands
-        return _interim_onnx_export(model, target, out_dir, shift)
-    return Path(export_artifact(model, target, out_dir, shift=shift, verify=False))
+    from online_tsm.export.api import export_artifact
+
+    return Path(export_artifact(model, target, out_dir, shift=shift))
 
 
-def _interim_onnx_export(model, target, out_dir, shift):  # TEMPORARY
-    from online_tsm.export.manifest import write_manifest
-    from online_tsm.export.onnx import build_manifest, export_onnx
-    from online_tsm.benchmarks.models import tsn_twin
-    if target != ONNX_TARGET:
-        raise RuntimeError(f"no exporter for {target} yet")
-    m = tsn_twin(model) if shift == "none" else model
-    out_dir.mkdir(parents=True)
-    export_onnx(m, out_dir / "model.onnx")
-    write_manifest(out_dir, build_manifest(m, shift=shift), {"model.onnx": "onnx"})
-    return out_dir
+def tuning_fingerprint(target: str) -> str | None:
+    """Digest of the MetaSchedule records a TVM build of ``target`` would use (``None``: none apply).
+
+    Part of the artifact cache key, so that tuning later (``tsm-export --tune``)
+    or a newer shipped record set leads to a fresh build instead of a stale one.
+    """
+    from online_tsm.export.targets import get_target
+
+    row = get_target(target)
+    if row.kind == "onnx":
+        return None
+    from online_tsm.export.tvm import resolve_tvm_target, tuning_dirs
+
+    digest = hashlib.sha256()
+    found = False
+    for folder in tuning_dirs(row, resolve_tvm_target(row)):
+        for file in sorted(Path(folder).glob("*.json")) if Path(folder).is_dir() else []:
+            digest.update(file.name.encode())
+            digest.update(file.read_bytes())
+            found = True
+    return digest.hexdigest()[:16] if found else None
 
 
 @dataclass(frozen=True)

@@ -241,14 +241,14 @@ def write_plot(data: dict[str, Any], path: str | os.PathLike) -> Path:
         right.set_xticks(positions, names, rotation=20)
     for ref in data["reference"]:
         right.axhline(ref["latency_ms"], linestyle="--", color="grey", linewidth=1)
-        right.annotate(f"{ref['device']} {ref['latency_ms']:g} ms ({PAPER_LABEL})", (0, ref["latency_ms"]),
-                       xycoords=("axes fraction", "data"), fontsize=7, va="bottom", color="dimgrey")
+        right.annotate(f"{ref['device']} {ref['latency_ms']:g} ms ({PAPER_LABEL})", (0.99, ref["latency_ms"]),
+                       xycoords=("axes fraction", "data"), fontsize=7, ha="right", va="bottom", color="dimgrey")
     machine = data["machine"]["cpu"]
     left.set_title(f"per-frame latency, measured here on {machine}", fontsize=10)
     left.set_ylabel("ms per frame (log scale)")
     right.set_title("TSM vs TSN p50 (label: TSM overhead)", fontsize=10)
     right.set_ylabel("ms per frame")
-    right.legend(loc="upper right", fontsize=8)
+    right.legend(loc="upper left", fontsize=8)
     m = data["model"]
     fig.suptitle(f"online TSM MobileNetV2 {m['input_size']}x{m['input_size']} -- {data['command']}", fontsize=10)
     path = Path(path)

@@ -22,7 +22,8 @@ import numpy as np
 from online_tsm.benchmarks import facts
 from online_tsm.benchmarks.artifacts import cached_artifact, model_hash
 from online_tsm.benchmarks.backends import (BACKEND_PLANS, ONNX_TARGET, BackendPlan, RemoteSpec, backend_availability,
-                                            default_bench_backends, export_for_plan, open_for_plan)
+                                            default_bench_backends, export_for_plan, open_for_plan,
+                                            tuning_fingerprint)
 from online_tsm.benchmarks.latency import Contestant, LatencyStats, cycle_frames, measure_interleaved, measure_stages
 from online_tsm.benchmarks.models import BenchModel, resolve_bench_model
 from online_tsm.benchmarks.reference import PAPER_ROWS, roofline_rows
@@ -250,7 +251,8 @@ def _streams(rt: Runtime, frames: np.ndarray, cfg: BenchConfig) -> dict[str, Any
 def _artifact(bench: BenchModel, target: str, shift: str, cfg: BenchConfig, digest: str) -> Path:
     """The cached artifact of the benchmark model for ``target`` (``shift="none"``: TSN), built if absent."""
     return cached_artifact(bench.tsm, target, shift, lambda out: export_for_plan(bench.tsm, target, out, shift),
-                           root=cfg.cache_root, model_digest=digest, log=_say)
+                           root=cfg.cache_root, model_digest=digest, log=_say,
+                           extra={"tuning": tuning_fingerprint(target)})
 
 
 def _run_one(plan: BackendPlan, bench: BenchModel, cfg: BenchConfig, machine_label: str, digest: str,
