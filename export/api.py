@@ -208,21 +208,30 @@ def _export(model: MobileNetV2TSM, row: ExportTarget, out: Path, say: Progress, 
     manifest.preprocess["verification_frames"] = "camera" if fold else "normalised"
 
     onnx_path = out / ONNX_NAME
-    say(f"exporting the per-frame ONNX graph ({len(manifest.buffers)} shift buffers, "
-        f"{'uint8 camera frames ' + 'x'.join(map(str, camera_size)) if fold else 'input ' + str(model.input_size)})")
-    export_onnx(graph_model, onnx_path, opset=opset, simplify=False)
-    say("simplifying with onnxslim and checking the graph")
-    _simplify(onnx_path)
-
     frames = frames_for(manifest, REFERENCE_FRAMES)
-    reference = stream_torch(graph_model, frames)
-    tolerance = tolerance_for(reference)
-    say(f"verifying ONNX (ONNX Runtime) against PyTorch over {REFERENCE_FRAMES} streamed frames")
-    diff = compare(stream_onnxruntime(onnx_path, manifest, frames), reference)
-    if not diff <= tolerance:
-        raise ExportError(f"the simplified ONNX graph disagrees with PyTorch: max abs diff {diff:.3g} > "
-                          f"tolerance {tolerance:.3g}")
-    say(f"ONNX matches PyTorch: max abs diff {diff:.2e} (tolerance {tolerance:.1e})")
+    key = _graph_key(graph_model, opset, manifest)
+    if key in _VERIFIED_GRAPHS:
+        graph_bytes, reference, diff = _VERIFIED_GRAPHS[key]
+        onnx_path.write_bytes(graph_bytes)
+        tolerance = tolerance_for(reference)
+        say(f"reusing the ONNX graph verified earlier in this process (max abs diff {diff:.2e} vs PyTorch)")
+    else:
+        say(f"exporting the per-frame ONNX graph ({len(manifest.buffers)} shift buffers, "
+            f"{'uint8 camera frames ' + 'x'.join(map(str, camera_size)) if fold else 'input ' + str(model.input_size)})")
+        export_onnx(graph_model, onnx_path, opset=opset, simplify=False)
+        say("simplifying with onnxslim and checking the graph")
+        _simplify(onnx_path)
+        reference = stream_torch(graph_model, frames)
+        tolerance = tolerance_for(reference)
+        say(f"verifying ONNX (ONNX Runtime) against PyTorch over {REFERENCE_FRAMES} streamed frames")
+        diff = compare(stream_onnxruntime(onnx_path, manifest, frames), reference)
+        if not diff <= tolerance:
+            raise ExportError(f"the simplified ONNX graph disagrees with PyTorch: max abs diff {diff:.3g} > "
+                              f"tolerance {tolerance:.3g}")
+        say(f"ONNX matches PyTorch: max abs diff {diff:.2e} (tolerance {tolerance:.1e})")
+        while len(_VERIFIED_GRAPHS) >= 4:
+            _VERIFIED_GRAPHS.pop(next(iter(_VERIFIED_GRAPHS)))
+        _VERIFIED_GRAPHS[key] = (onnx_path.read_bytes(), reference, diff)
     write_reference(out / REFERENCE_NAME, reference, frames_kind=manifest.preprocess["verification_frames"])
 
     compiled = None
@@ -260,6 +269,25 @@ def _export(model: MobileNetV2TSM, row: ExportTarget, out: Path, say: Progress, 
     write_manifest(out, manifest, roles)
     say(f"wrote {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
     return out
+
+
+# Exporting one model for several targets in one process (a script, the test suite) re-uses the
+# verified graph: torch.onnx.export + onnxslim + the parity check cost tens of seconds each time.
+_VERIFIED_GRAPHS: dict[str, tuple[bytes, np.ndarray, float]] = {}
+
+
+def _graph_key(graph_model: torch.nn.Module, opset: int | None, manifest: Manifest) -> str:
+    """Fingerprint of everything the ONNX graph depends on: weights, shapes, pre-processing, opset."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    for name, tensor in graph_model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(json.dumps([opset, manifest.preprocess, [s.shape for s in manifest.inputs],
+                              [s.shape for s in manifest.outputs]], sort_keys=True, default=str).encode())
+    return digest.hexdigest()
 
 
 def _simplify(onnx_path: Path) -> None:

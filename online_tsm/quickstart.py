@@ -17,12 +17,15 @@ from online_tsm.labels import JESTER_LABELS
 from online_tsm.models import MobileNetV2TSM
 from online_tsm.preprocess import preprocess_frame
 from online_tsm.synthetic import synthetic_frames
+from online_tsm.weights import DEFAULT_ASSET, DEFAULT_NAME, default_weights
 
 
 def build_model(weights: str | None, seed: int = 0) -> tuple[MobileNetV2TSM, str]:
     """The model to stream and a phrase saying where its weights came from."""
     if weights:
         return load_model(weights), weights
+    if default_weights() is not None:
+        return load_model(DEFAULT_NAME), f"built-in default ({DEFAULT_ASSET.name}, trained on synthetic gestures)"
     torch.manual_seed(seed)
     return MobileNetV2TSM(n_class=len(JESTER_LABELS)).eval(), f"random weights (seed {seed}), not a trained model"
 

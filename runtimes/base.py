@@ -11,9 +11,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, Sequence
 
+import cv2
 import numpy as np
 
 from online_tsm.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_frame
+from online_tsm.preprocess import check_frame as check_image
 
 
 class RuntimeOpenError(ValueError):
@@ -78,10 +80,22 @@ class Runtime(ABC):
         return Stream(self)
 
     def preprocess(self, image: np.ndarray, color_order: str = "bgr") -> np.ndarray:
-        """Raw uint8 HxWx3 camera image -> what :meth:`Stream.step` takes for this runtime."""
-        if self.folded_preprocess:
-            return image if color_order == self.color_order else np.ascontiguousarray(image[:, :, ::-1])
-        return preprocess_frame(image, self.input_size, color_order, self.mean, self.std)
+        """Raw uint8 HxWx3 camera image -> what :meth:`Stream.step` takes for this runtime.
+
+        With pre-processing folded into the graph the image only needs the
+        graph's colour order and camera size (a camera of another size is
+        resized to it first).
+        """
+        if not self.folded_preprocess:
+            return preprocess_frame(image, self.input_size, color_order, self.mean, self.std)
+        check_image(image)
+        if color_order != self.color_order:
+            image = image[:, :, ::-1]
+        height, width = self.frame_shape[1:3] if self.layout == "NHWC" else self.frame_shape[2:4]
+        if image.shape[:2] != (height, width):
+            shrink = image.shape[0] > height or image.shape[1] > width
+            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        return np.ascontiguousarray(image)
 
     def check_frame(self, frame: np.ndarray) -> np.ndarray:
         """Return ``frame`` with the batch dimension added, or raise :class:`FrameError`."""

@@ -1,9 +1,7 @@
 """Export folders for the runtime tests, built once per test session, and a loopback TVM RPC server.
 
-``export_artifact`` (the exporter) writes the real thing when it is present;
-until then the same folder layout is assembled from the pieces that exist
-(``export_onnx``, ``build_manifest``, a direct TVM compile), so the runtime
-tests exercise what users will open.
+The folders are written by ``export_artifact``, the exporter users run, so
+the runtime tests exercise exactly what users will open.
 """
 from __future__ import annotations
 
@@ -17,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
 import pytest
 
 from helpers import seeded_model
@@ -33,31 +30,9 @@ def small_model():
 
 def build_host_artifact(model, out_dir: Path) -> Path:
     """Export folder with ``model.onnx``, a host TVM library, ``reference.npz`` and ``manifest.json``."""
-    try:
-        from online_tsm.export.api import export_artifact
-    except ImportError:
-        return _assemble_host_artifact(model, out_dir)
-    return Path(export_artifact(model, "host", out_dir, shift="causal"))
+    from online_tsm.export.api import export_artifact
 
-
-def _assemble_host_artifact(model, out_dir: Path) -> Path:  # until online_tsm.export.api lands
-    import onnx
-    import tvm
-    import tvm.relax.frontend.onnx  # noqa: F401
-
-    from online_tsm.export.manifest import write_manifest
-    from online_tsm.export.onnx import build_manifest, deterministic_frames, export_onnx, stream_torch
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    export_onnx(model, out_dir / "model.onnx")
-    mod = tvm.relax.frontend.onnx.from_onnx(onnx.load(str(out_dir / "model.onnx")), keep_params_in_input=False)
-    tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"})).export_library(str(out_dir / "model_host.so"))
-    np.savez(out_dir / "reference.npz", logits=stream_torch(model, deterministic_frames(16, model.input_size)))
-    manifest = build_manifest(model)
-    manifest.target = {"name": "host", "kind": "cpu", "triple": None}
-    write_manifest(out_dir, manifest, {"model.onnx": "onnx", "model_host.so": "library",
-                                       "reference.npz": "reference"})
-    return out_dir
+    return Path(export_artifact(model, "host", out_dir, shift="causal", progress=False))
 
 
 def cached_artifact(key: str, factory: pytest.TempPathFactory, make_model: Callable) -> Path:

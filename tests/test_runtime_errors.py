@@ -1,7 +1,9 @@
 """Every way a user can feed a runtime the wrong thing gives one clear line naming what was expected."""
 from __future__ import annotations
 
+import shutil
 import struct
+import subprocess
 import tarfile
 
 import numpy as np
@@ -151,6 +153,22 @@ def test_library_of_another_architecture(small_artifact, tmp_path):
 
     assert "built for aarch64, this machine is x86_64" in available_backends(folder)["tvm"]
     assert resolve_auto(folder) == "onnxruntime"
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None or host_arch() == "aarch64",
+                    reason="needs the aarch64 cross compiler (apt-get install gcc-aarch64-linux-gnu) on another CPU")
+def test_library_cross_compiled_for_aarch64(small_artifact, tmp_path):
+    folder = copy_artifact(small_artifact, tmp_path / "cross")
+    manifest = load_manifest(folder)
+    library = folder / manifest.file_with_role("library")
+    source = tmp_path / "f.c"
+    source.write_text("int f(void) { return 1; }\n")
+    subprocess.run(["aarch64-linux-gnu-gcc", "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
+    write_manifest(folder, manifest)
+    with pytest.raises(LibraryError, match=rf"is built for aarch64, but this machine is {host_arch()}"):
+        open_runtime(folder, "tvm")
+    with open_runtime(folder) as rt:  # auto falls back to the ONNX model
+        assert rt.backend == "onnxruntime"
 
 
 def test_library_that_is_a_tar_of_objects(small_artifact, tmp_path):
