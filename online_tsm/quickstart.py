@@ -1,23 +1,33 @@
-"""The main job of ``make run``: stream a synthetic clip through the online model.
+"""The main job of ``make run``: the whole toolkit once, on the built-in default model.
 
-Prints, per frame, the top-1 class and how long the step took, so a new user
-sees in seconds that the model, the shift buffers and the pre-processing work
-together.  Later stages (export, verify, benchmark) extend this job.
+1. stream a synthetic "swiping left" clip through the online model in PyTorch,
+   frame by frame with the shift buffers carried, and print what it predicts;
+2. export it for this machine's CPU (ONNX + a TVM library + manifest);
+3. verify the export numerically against PyTorch;
+4. end with the ``tsm-bench`` report (the paper's setting, beside the paper's figures).
+
+A new user sees in a few minutes that every stage works here, and where the
+artifact and the numbers came from.  ``--stream-only`` keeps stage 1 alone.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from pathlib import Path
+from typing import Sequence
 
 import torch
 
-from online_tsm.checkpoint import CheckpointError, load_model
+from online_tsm.checkpoint import load_model
+from online_tsm.cli_util import UserError, add_debug_flag, run_cli
 from online_tsm.labels import JESTER_LABELS
 from online_tsm.models import MobileNetV2TSM
 from online_tsm.preprocess import preprocess_frame
-from online_tsm.synthetic import synthetic_frames
+from online_tsm.synthetic import GESTURES, MOTIONS, synthetic_frames
 from online_tsm.weights import DEFAULT_ASSET, DEFAULT_NAME, default_weights
+
+STAGES = 4
 
 
 def build_model(weights: str | None, seed: int = 0) -> tuple[MobileNetV2TSM, str]:
@@ -30,38 +40,90 @@ def build_model(weights: str | None, seed: int = 0) -> tuple[MobileNetV2TSM, str
     return MobileNetV2TSM(n_class=len(JESTER_LABELS)).eval(), f"random weights (seed {seed}), not a trained model"
 
 
-def stream(model: MobileNetV2TSM, n_frames: int, labels: list[str]) -> None:
+def model_labels(model: MobileNetV2TSM) -> list[str]:
+    info = getattr(model, "info", None)
+    if info is not None and info.labels:
+        return list(info.labels)
+    return list(JESTER_LABELS) if model.n_class == len(JESTER_LABELS) else [f"class {i}" for i in range(model.n_class)]
+
+
+def stream(model: MobileNetV2TSM, n_frames: int, labels: list[str], motion: str = "swipe-left") -> str:
+    """Stream one synthetic clip frame by frame; prints per-frame top-1 and step time, returns the last top-1."""
     buffers = model.init_buffers()
+    top_label = ""
     with torch.inference_mode():
-        for t, frame in enumerate(synthetic_frames(n_frames)):
+        for t, frame in enumerate(synthetic_frames(n_frames, motion=motion)):
             start = time.perf_counter()
             x = torch.from_numpy(preprocess_frame(frame, model.input_size))[None]
             logits, *buffers = model(x, *buffers)
             elapsed = (time.perf_counter() - start) * 1e3
             prob = torch.softmax(logits[0], 0)
             top = int(prob.argmax())
-            print(f"frame {t:3d}  top-1 {labels[top]:<32s} p={float(prob[top]):.3f}  {elapsed:6.1f} ms")
+            top_label = labels[top]
+            print(f"frame {t:3d}  top-1 {top_label:<32s} p={float(prob[top]):.3f}  {elapsed:6.1f} ms")
+    return top_label
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", help="checkpoint path or registry name (default: built-in)")
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: library default)")
-    args = parser.parse_args(argv)
+def _stage(n: int, text: str) -> None:
+    print(f"\n[{n}/{STAGES}] {text}", flush=True)
+
+
+def export_and_verify(model: MobileNetV2TSM) -> Path:
+    """Export ``model`` for this CPU (cached between runs) and verify it; raises UserError on a mismatch."""
+    from online_tsm.benchmarks.artifacts import cached_artifact
+    from online_tsm.export.api import export_artifact
+    from online_tsm.export.verify import verify_artifact
+
+    _stage(2, "export for this machine's CPU: ONNX + TVM library + manifest (cached after the first run)")
+    folder = cached_artifact(model, "host", "causal",
+                             lambda out: export_artifact(model, "host", out, progress=True),
+                             log=lambda message: print(message, flush=True))
+    print(f"artifact: {folder}")
+    _stage(3, "verify the export against PyTorch (16 streamed frames, buffers carried by manifest names)")
+    result = verify_artifact(folder)
+    for line in result.lines:
+        print(f"  {line}")
+    if not result.passed:
+        raise UserError(f"the exported artifact {folder} does not reproduce PyTorch (see above)")
+    print("PASS")
+    return folder
+
+
+def _main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        model, source = build_model(args.weights)
-    except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    labels = getattr(model, "info", None).labels if hasattr(model, "info") else list(JESTER_LABELS)
-    print(f"online TSM MobileNetV2, {model.input_size}x{model.input_size}, {len(model.shift_blocks)} shift buffers; "
-          f"weights: {source}")
-    print("latency below is per frame (pre-processing + step) in PyTorch eager; a single run, not a benchmark")
-    stream(model, args.frames, labels)
+    model, source = build_model(args.weights)
+    labels = model_labels(model)
+    print(f"online TSM MobileNetV2 x{model.width_mult:g}, {model.input_size}x{model.input_size}, "
+          f"{len(model.shift_blocks)} shift buffers; weights: {source}")
+    _stage(1, f"stream a synthetic '{GESTURES[args.motion]}' clip frame by frame in PyTorch eager "
+              "(per-frame time of a single run, not a benchmark)")
+    last = stream(model, args.frames, labels, args.motion)
+    print(f"after {args.frames} frames: {last} (the clip shows {GESTURES[args.motion]})")
+    if args.stream_only:
+        return 0
+    export_and_verify(model)
+    _stage(4, "tsm-bench with its defaults (measured here; paper rows are labelled as such)")
+    from online_tsm.benchmarks.cli import run_default_report
+
+    run_default_report()
     return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m online_tsm.quickstart", description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", help="checkpoint path or weights name (default: the built-in default model)")
+    parser.add_argument("--frames", type=int, default=16, help="frames of the streamed clip (default 16)")
+    parser.add_argument("--motion", default="swipe-left", choices=MOTIONS, help="synthetic gesture to stream")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: library default)")
+    parser.add_argument("--stream-only", action="store_true", help="stage 1 only: no export, verify or benchmark")
+    add_debug_flag(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_cli(_main, build_parser(), argv)
 
 
 if __name__ == "__main__":
