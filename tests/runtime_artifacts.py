@@ -1,8 +1,5 @@
-"""Export folders for the runtime tests, built once per test session, and a loopback TVM RPC server.
-
-The folders are written by ``export_artifact``, the exporter users run, so
-the runtime tests exercise exactly what users will open.
-"""
+"""The runtime tests' export folder (from conftest's ``export_cache``: written by the exporter users run) and a
+loopback TVM RPC server."""
 from __future__ import annotations
 
 import os
@@ -13,33 +10,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
-
-from helpers import seeded_model
-
-SMALL = dict(seed=1, width_mult=0.5, input_size=96, n_class=10)  # same weights as conftest's model_small
-_BUILT: dict[str, Path] = {}
-
-
-def small_model():
-    kwargs = dict(SMALL)
-    return seeded_model(kwargs.pop("seed"), **kwargs)
-
-
-def build_host_artifact(model, out_dir: Path) -> Path:
-    """Export folder with ``model.onnx``, a host TVM library, ``reference.npz`` and ``manifest.json``."""
-    from online_tsm.export.api import export_artifact
-
-    return Path(export_artifact(model, "host", out_dir, shift="causal", progress=False))
-
-
-def cached_artifact(key: str, factory: pytest.TempPathFactory, make_model: Callable) -> Path:
-    """Build the artifact ``key`` once per session, whichever test module asks first."""
-    if key not in _BUILT:
-        _BUILT[key] = build_host_artifact(make_model(), factory.mktemp(f"artifact-{key}") / "export")
-    return _BUILT[key]
 
 
 def copy_artifact(src: Path, dst: Path) -> Path:
@@ -48,8 +21,9 @@ def copy_artifact(src: Path, dst: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def small_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return cached_artifact("small", tmp_path_factory, small_model)
+def small_artifact(export_cache, small_weights) -> Path:
+    """The host artifact of conftest's ``model_small`` (shared with the export tests)."""
+    return export_cache("small-host", small_weights, "host")
 
 
 # -- loopback RPC server -------------------------------------------------------------------------

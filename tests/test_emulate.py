@@ -65,15 +65,13 @@ def _copy_with_library(source: Path, dest: Path, library_bytes: bytes | None) ->
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory, model_small, model_224) -> dict[str, Path]:
-    from online_tsm.export.api import export_artifact
-
+def artifacts(tmp_path_factory, export_cache, small_weights, model_small, model_224) -> dict[str, Path]:
     _require_emulator()
     base = tmp_path_factory.mktemp("emulate")
-    built = {"small-rpi": export_artifact(model_small, "raspberry-pi-4", base / "small-rpi", progress=False),
+    built = {"small-rpi": export_cache("small-raspberry-pi-4", small_weights, "raspberry-pi-4"),
              "small-android": _export_with_cli(model_small, "android-arm64", base / "small-android", base),
-             "small-jetson": export_artifact(model_small, "jetson-nano", base / "small-jetson", progress=False),
-             "224-rpi": export_artifact(model_224, "raspberry-pi-4", base / "224-rpi", progress=False)}
+             "small-jetson": export_cache("small-jetson-nano", small_weights, "jetson-nano"),
+             "224-rpi": export_cache("224-raspberry-pi-4", model_224, "raspberry-pi-4")}
     so = (built["small-rpi"] / "model.so").read_bytes()
     built["corrupt"] = _copy_with_library(built["small-rpi"], base / "corrupt", so[: len(so) // 3])
     return built

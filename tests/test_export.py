@@ -18,45 +18,16 @@ import pytest
 from helpers import seeded_model
 from online_tsm.checkpoint import load_model, save_checkpoint
 from online_tsm.export import elf
-from online_tsm.export.api import export_artifact
 from online_tsm.export.cli import main as cli_main
 from online_tsm.export.manifest import ManifestError, load_manifest, write_manifest
 from online_tsm.export.onnx import deterministic_frames, stream_onnxruntime, stream_torch
 from online_tsm.export.reference import deterministic_camera_frames, read_reference, write_reference
 from online_tsm.export.targets import TARGETS, get_target
-from online_tsm.export.verify import run_tvm, verify_artifact
+from online_tsm.export.verify import run_tvm
 from online_tsm.preprocess import preprocess_frame
 
 PARITY = 1e-4  # the issue's bound: max abs diff of logits over 16 streamed frames
 HAS_CROSS_GCC = shutil.which("aarch64-linux-gnu-gcc") is not None
-
-
-def _export(weights, target: str, folder: Path, **kwargs) -> Path:
-    return export_artifact(weights, target, folder, progress=False, **kwargs)
-
-
-@pytest.fixture(scope="session")
-def small_model():
-    return seeded_model(seed=3, width_mult=0.5, input_size=96, n_class=10)
-
-
-@pytest.fixture(scope="session")
-def small_weights(tmp_path_factory, small_model) -> Path:
-    return save_checkpoint(small_model, tmp_path_factory.mktemp("w") / "small.pt")
-
-
-@pytest.fixture(scope="session")
-def artifacts(tmp_path_factory):
-    """Lazily built artifacts, one per (model, target, options), shared by the whole session."""
-    root = tmp_path_factory.mktemp("artifacts")
-    cache: dict[str, Path] = {}
-
-    def get(name: str, weights, target: str, **kwargs) -> Path:
-        if name not in cache:
-            cache[name] = _export(weights, target, root / name, **kwargs)
-        return cache[name]
-
-    return get
 
 
 @pytest.fixture(scope="session")
@@ -77,8 +48,8 @@ def _stream_manifest_names(folder: Path, runner: str) -> np.ndarray:
 # -- done-when: the upstream-format checkpoint, 224x224 -------------------------------------------
 
 @pytest.mark.parametrize("target,runner", [("onnx", "onnxruntime"), ("host", "tvm")])
-def test_full_model_export_reproduces_pytorch(artifacts, full_weights, target, runner):
-    folder = artifacts(f"full-{target}", full_weights, target)
+def test_full_model_export_reproduces_pytorch(export_cache, full_weights, target, runner):
+    folder = export_cache(f"full-{target}", full_weights, target)
     expected = stream_torch(load_model(full_weights), deterministic_frames(16, 224))
     actual = _stream_manifest_names(folder, runner)
     assert actual.shape == (16, 27)
@@ -90,8 +61,8 @@ def test_full_model_export_reproduces_pytorch(artifacts, full_weights, target, r
 
 # -- the artifact folder ---------------------------------------------------------------------------
 
-def test_onnx_artifact_folder_and_manifest(artifacts, small_weights):
-    folder = artifacts("small-onnx", small_weights, "onnx")
+def test_onnx_artifact_folder_and_manifest(export_cache, small_weights):
+    folder = export_cache("small-onnx", small_weights, "onnx")
     manifest = load_manifest(folder)  # verifies every sha256
     assert sorted(p.name for p in folder.iterdir()) == ["README.txt", "manifest.json", "model.onnx", "reference.npz"]
     assert {n: m["role"] for n, m in manifest.files.items()} == {
@@ -108,32 +79,32 @@ def test_onnx_artifact_folder_and_manifest(artifacts, small_weights):
     assert "model.onnx" in (folder / "README.txt").read_text()
 
 
-def test_small_onnx_and_host_reproduce_pytorch(artifacts, small_weights, small_model):
-    expected = stream_torch(small_model, deterministic_frames(16, 96))
+def test_small_onnx_and_host_reproduce_pytorch(export_cache, small_weights, model_small):
+    expected = stream_torch(model_small, deterministic_frames(16, 96))
     for target, runner in (("onnx", "onnxruntime"), ("host", "tvm")):
-        actual = _stream_manifest_names(artifacts(f"small-{target}", small_weights, target), runner)
+        actual = _stream_manifest_names(export_cache(f"small-{target}", small_weights, target), runner)
         assert np.abs(actual - expected).max() <= PARITY, target
 
 
-def test_host_manifest_records_the_target_row_and_compiler(artifacts, small_weights):
-    manifest = load_manifest(artifacts("small-host", small_weights, "host"))
+def test_host_manifest_records_the_target_row_and_compiler(export_cache, small_weights):
+    manifest = load_manifest(export_cache("small-host", small_weights, "host"))
     assert manifest.file_with_role("library") == "model.so"
     row = manifest.target
     assert row["name"] == "host" and row["kind"] == "cpu" and row["runs_here"] and row["triple"] is None
     assert row["tvm_target"] == {"kind": "llvm", "mcpu": "native"}
     assert row["tvm_target_resolved"]["mcpu"] not in ("native", "generic")  # TVM 0.27 ignores "native"
     assert {"tvm", "llvm", "torch", "onnx", "onnxslim"} <= set(manifest.compiler)
-    machines = elf.library_machines(artifacts("small-host", small_weights, "host") / "model.so")
+    machines = elf.library_machines(export_cache("small-host", small_weights, "host") / "model.so")
     assert set(machines.values()) <= {elf.EM_X86_64, elf.EM_AARCH64} and len(machines) == 1
 
 
-def test_tsn_baseline_has_no_buffers_and_the_same_weights(artifacts, small_weights, small_model):
-    folder = artifacts("small-tsn-onnx", small_weights, "onnx", shift="none")
+def test_tsn_baseline_has_no_buffers_and_the_same_weights(export_cache, small_weights, model_small):
+    folder = export_cache("small-tsn-onnx", small_weights, "onnx", shift="none")
     manifest = load_manifest(folder)
     assert manifest.buffers == [] and [s.name for s in manifest.inputs] == ["frame"]
     assert manifest.model["shift"] == "none" and manifest.model["shift_blocks"] == []
     frames = deterministic_frames(4, 96)
-    tsn = small_model.forward_clip(__import__("torch").from_numpy(frames)[None], shift="none")
+    tsn = model_small.forward_clip(__import__("torch").from_numpy(frames)[None], shift="none")
     actual = stream_onnxruntime(folder / "model.onnx", manifest, frames)
     assert np.abs(actual - tsn[0].detach().numpy()).max() <= PARITY
 
@@ -141,8 +112,8 @@ def test_tsn_baseline_has_no_buffers_and_the_same_weights(artifacts, small_weigh
 # -- cross targets ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("target", ["raspberry-pi-4", "android-arm64", "jetson-nano"])
-def test_cross_targets_build_aarch64_objects(artifacts, small_weights, target):
-    folder = artifacts(f"small-{target}", small_weights, target)
+def test_cross_targets_build_aarch64_objects(export_cache, small_weights, target):
+    folder = export_cache(f"small-{target}", small_weights, target)
     manifest = load_manifest(folder)
     library = folder / manifest.file_with_role("library")
     machines = elf.library_machines(library)
@@ -156,8 +127,8 @@ def test_cross_targets_build_aarch64_objects(artifacts, small_weights, target):
     assert manifest.target["runs_here"] is False
 
 
-def test_jetson_artifact_holds_sm53_device_code(artifacts, small_weights):
-    folder = artifacts("small-jetson-nano", small_weights, "jetson-nano")
+def test_jetson_artifact_holds_sm53_device_code(export_cache, small_weights):
+    folder = export_cache("small-jetson-nano", small_weights, "jetson-nano")
     manifest = load_manifest(folder)
     library = folder / manifest.file_with_role("library")
     cubins = [i for i in elf.embedded_cuda_images(library) if i.kind == "cubin"]
@@ -191,12 +162,12 @@ FOLDED_INPUT_VS_OPENCV = 1.0 / (255.0 * 0.225)
 FOLDED_LOGITS_VS_OPENCV = 0.15
 
 
-def test_folded_preprocess_matches_preprocess_frame(artifacts, small_weights, small_model):
+def test_folded_preprocess_matches_preprocess_frame(export_cache, small_weights, model_small):
     import torch
 
     from online_tsm.export.folded import FoldedPreprocess
 
-    folder = artifacts("small-folded-onnx", small_weights, "onnx", fold_preprocess=True)
+    folder = export_cache("small-folded-onnx", small_weights, "onnx", fold_preprocess=True)
     manifest = load_manifest(folder)
     frame_spec = manifest.spec("frame")
     assert frame_spec.shape == [1, 240, 320, 3] and frame_spec.dtype == "uint8"
@@ -216,7 +187,7 @@ def test_folded_preprocess_matches_preprocess_frame(artifacts, small_weights, sm
         assert np.abs(graph_input - preprocess_frame(frame, 96, "bgr")).max() <= FOLDED_INPUT_VS_OPENCV
 
     folded = stream_onnxruntime(folder / "model.onnx", manifest, camera)
-    unfolded = stream_torch(small_model, np.stack([preprocess_frame(f, 96, "bgr") for f in camera]))
+    unfolded = stream_torch(model_small, np.stack([preprocess_frame(f, 96, "bgr") for f in camera]))
     assert np.abs(folded - unfolded).max() <= FOLDED_LOGITS_VS_OPENCV * np.abs(unfolded).max()
     assert np.abs(unfolded).max() > 1.0
     assert cli_main(["verify", str(folder)]) == 0  # the graph against PyTorch, 1e-4
@@ -224,9 +195,9 @@ def test_folded_preprocess_matches_preprocess_frame(artifacts, small_weights, sm
 
 # -- verify ------------------------------------------------------------------------------------------
 
-def test_verify_passes_for_runnable_and_static_targets(artifacts, small_weights, capsys):
+def test_verify_passes_for_runnable_and_static_targets(export_cache, small_weights, capsys):
     for target in ("onnx", "host", "raspberry-pi-4", "jetson-nano"):
-        folder = artifacts(f"small-{target}", small_weights, target)
+        folder = export_cache(f"small-{target}", small_weights, target)
         assert cli_main(["verify", str(folder)]) == 0, target
         out = capsys.readouterr().out
         if target in ("onnx", "host"):
@@ -241,16 +212,16 @@ def _copy(folder: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(folder, tmp_path / folder.name))
 
 
-def test_verify_fails_on_a_tampered_file(artifacts, small_weights, tmp_path, capsys):
-    folder = _copy(artifacts("small-onnx", small_weights, "onnx"), tmp_path)
+def test_verify_fails_on_a_tampered_file(export_cache, small_weights, tmp_path, capsys):
+    folder = _copy(export_cache("small-onnx", small_weights, "onnx"), tmp_path)
     with open(folder / "reference.npz", "ab") as fh:
         fh.write(b"x")
     assert cli_main(["verify", str(folder)]) == 2
     assert "does not match manifest.json" in capsys.readouterr().err
 
 
-def test_verify_fails_on_a_wrong_reference(artifacts, small_weights, tmp_path, capsys):
-    folder = _copy(artifacts("small-host", small_weights, "host"), tmp_path)
+def test_verify_fails_on_a_wrong_reference(export_cache, small_weights, tmp_path, capsys):
+    folder = _copy(export_cache("small-host", small_weights, "host"), tmp_path)
     reference = read_reference(folder / "reference.npz")
     write_reference(folder / "reference.npz", reference + 1e-2)
     write_manifest(folder, load_manifest(folder, verify_files=False))  # consistent sha256, wrong numbers
@@ -259,9 +230,9 @@ def test_verify_fails_on_a_wrong_reference(artifacts, small_weights, tmp_path, c
     assert "FAIL" in out and re.search(r"max abs diff 1\.0\d\de-02", out)
 
 
-def test_verify_fails_on_a_library_of_the_wrong_architecture(artifacts, small_weights, tmp_path, capsys):
-    folder = _copy(artifacts("small-raspberry-pi-4", small_weights, "raspberry-pi-4"), tmp_path)
-    host_lib = artifacts("small-host", small_weights, "host") / "model.so"
+def test_verify_fails_on_a_library_of_the_wrong_architecture(export_cache, small_weights, tmp_path, capsys):
+    folder = _copy(export_cache("small-raspberry-pi-4", small_weights, "raspberry-pi-4"), tmp_path)
+    host_lib = export_cache("small-host", small_weights, "host") / "model.so"
     library = load_manifest(folder).file_with_role("library")
     if library.endswith(".tar"):
         with tarfile.open(folder / library, "w") as archive:
@@ -278,8 +249,8 @@ def test_verify_of_a_folder_without_manifest(tmp_path, capsys):
     assert "has no manifest.json" in capsys.readouterr().err
 
 
-def test_manifest_sha256_is_checked(artifacts, small_weights, tmp_path):
-    folder = _copy(artifacts("small-host", small_weights, "host"), tmp_path)
+def test_manifest_sha256_is_checked(export_cache, small_weights, tmp_path):
+    folder = _copy(export_cache("small-host", small_weights, "host"), tmp_path)
     (folder / "model.so").write_bytes(b"\x7fELF corrupted")
     with pytest.raises(ManifestError, match="model.so does not match"):
         load_manifest(folder)
@@ -355,8 +326,8 @@ def test_tune_is_refused_for_cross_targets(capsys, small_weights, tmp_path):
     assert "host target only" in capsys.readouterr().err
 
 
-def test_readme_says_what_to_copy(artifacts, small_weights):
-    text = (artifacts("small-raspberry-pi-4", small_weights, "raspberry-pi-4") / "README.txt").read_text()
+def test_readme_says_what_to_copy(export_cache, small_weights):
+    text = (export_cache("small-raspberry-pi-4", small_weights, "raspberry-pi-4") / "README.txt").read_text()
     assert "scp -r" in text and "apache-tvm" in text and "VirtualMachine" in text
-    manifest = json.loads((artifacts("small-jetson-nano", small_weights, "jetson-nano") / "manifest.json").read_text())
+    manifest = json.loads((export_cache("small-jetson-nano", small_weights, "jetson-nano") / "manifest.json").read_text())
     assert manifest["files"]["README.txt"]["role"] == "readme"

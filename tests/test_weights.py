@@ -2,7 +2,6 @@
 import dataclasses
 
 import pytest
-import torch
 
 from helpers import seeded_model
 from online_tsm import load_model, save_checkpoint, weights
