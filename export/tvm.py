@@ -22,9 +22,11 @@ frames (no numpy round trip).  A ``.tar`` library is a set of object files:
 link it first (``tvm.support.cc.create_shared`` or the NDK's clang) or load it
 with ``tvm.runtime.load_module`` on a machine that has a compiler.
 
-Pipelines: CPU targets go through fusion, the NHWC layout and the default
-schedules of :mod:`online_tsm.export.cpu_schedules` (plus MetaSchedule records
-when tuned); CUDA targets through TVM's GPU pipeline (fusion + dlight default
+Pipelines: CPU targets go through the NHWC layout with 1x1 weights packed in
+vector-wide panels, fusion, and the default schedules of
+:mod:`online_tsm.export.cpu_schedules` (plus MetaSchedule records when tuned:
+records are kept per target row and CPU model, so a machine with another CPU
+finds none and uses the default schedules); CUDA targets through TVM's GPU pipeline (fusion + dlight default
 GPU rules), compiled in a worker process (:mod:`online_tsm.export.cuda_build`).
 """
 from __future__ import annotations
@@ -118,11 +120,10 @@ def cpu_pipeline(target, database=None):  # noqa: ANN001, ANN201 -- TVM objects
     from tvm.s_tir import dlight as dl
 
     from online_tsm.export.cpu_schedules import default_cpu_rules
-    from online_tsm.export.relax_passes import to_channels_last
 
     @tvm.transform.module_pass(opt_level=0, name="OnlineTSMCPUPipeline")
     def _pipeline(mod, _ctx):  # noqa: ANN001, ANN202
-        mod = to_channels_last(mod)
+        mod = cpu_graph_rewrites(mod, target)
         with target:
             mod = tvm.transform.Sequential(cpu.library_dispatch_passes(target) + cpu.legalize_passes(target))(mod)
             if database is not None:
@@ -133,6 +134,18 @@ def cpu_pipeline(target, database=None):  # noqa: ANN001, ANN201 -- TVM objects
         return mod
 
     return _pipeline
+
+
+def cpu_graph_rewrites(mod, target):  # noqa: ANN001, ANN201 -- TVM objects
+    """The Relax rewrites before legalisation: NHWC layout, 1x1 weights packed in vector-wide panels.
+
+    Shared by the build and by ``--tune``, so that tuning records describe
+    exactly the functions the build schedules.
+    """
+    from online_tsm.export.cpu_schedules import vector_lanes
+    from online_tsm.export.relax_passes import pack_pointwise_weights, to_channels_last
+
+    return pack_pointwise_weights(to_channels_last(mod), vector_lanes(target))
 
 
 def tuning_dirs(row: ExportTarget, target_dict: dict[str, Any]) -> tuple[Path, Path]:
@@ -161,8 +174,6 @@ def tune_cpu(mod, row: ExportTarget, target, trials_per_task: int, progress: Pro
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from online_tsm.export.relax_passes import to_channels_last
-
     if row.cross:
         raise UserError(f"--tune measures candidates on this machine, so it only works for the host target "
                         f"(not {row.name}); tune on the device itself or use the default schedules")
@@ -170,7 +181,7 @@ def tune_cpu(mod, row: ExportTarget, target, trials_per_task: int, progress: Pro
     cache.mkdir(parents=True, exist_ok=True)
     with target:
         fused = tvm.transform.Sequential(cpu.library_dispatch_passes(target) + cpu.legalize_passes(target))(
-            to_channels_last(mod))
+            cpu_graph_rewrites(mod, target))
     n_tasks = sum(1 for _, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
     progress(f"tuning {n_tasks} functions x {trials_per_task} trials with MetaSchedule (records in {cache})")
     with target:
