@@ -125,11 +125,23 @@ class RemoteSpec:
         except (OSError, ValueError):
             return False
 
+    def is_this_machine(self) -> bool:
+        """True when HOST is this machine: a loopback address or one of its own (binding to it succeeds)."""
+        if self.is_loopback():
+            return True
+        try:
+            address = socket.gethostbyname(self.host)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                probe.bind((address, 0))
+            return True
+        except OSError:
+            return False
+
     def refuse_emulation(self, target_arch: str | None = None) -> None:
         """An RPC server on this machine for another CPU architecture is an emulator: refuse to time it."""
         arch = target_arch or _target_arch(self.target)
         host_arch = platform.machine().lower().replace("amd64", "x86_64").replace("arm64", "aarch64")
-        if self.is_loopback() and arch and arch != host_arch:
+        if arch and arch != host_arch and self.is_this_machine():
             raise UserError(f"the RPC server at {self.host}:{self.port} runs on this {host_arch} machine but target "
                             f"{self.target} is {arch}: it can only be an emulator, whose timings are meaningless "
                             "(run the RPC server on the real device)")

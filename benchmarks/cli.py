@@ -22,12 +22,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Per-frame streaming latency of the online TSM (shift buffers carried) on every backend, "
                     "TSM against TSN in the same run, end to end and with batched streams; printed beside the "
                     "paper's Jetson Nano / Galaxy Note8 figures (labelled as such).",
-        epilog="Default model: MobileNetV2 width 1.0 at 224x224 (the paper's setting), with the upstream Jester "
-               "weights when they are in the local cache, else seeded random weights of that architecture "
-               "(latency does not depend on weight values). Exported and compiled artifacts are cached, so "
-               "only the first run builds them.")
-    p.add_argument("--weights", help="checkpoint path or weights name ('default': the shipped small model; "
-                                     "'jester': upstream weights, downloaded once); default: the paper setting")
+        epilog="Default model: the small model shipped with the package (what tsm-demo runs), at its own input "
+               "size; --weights paper measures the paper's setting, MobileNetV2 width 1.0 at 224x224, with the "
+               "upstream Jester weights when they are in the local cache, else seeded random weights of that "
+               "architecture (latency does not depend on weight values). Exported and compiled artifacts are "
+               "cached, so only the first run builds them.")
+    p.add_argument("--weights", help="checkpoint path or weights name ('paper': MobileNetV2 1.0 at 224, the "
+                                     "paper's setting; 'jester': upstream weights, downloaded once); default: the "
+                                     "shipped default model (the paper setting in a build without it)")
     p.add_argument("--input-size", type=int, help="square input size, a multiple of 32 (default: the model's, 224)")
     p.add_argument("--backends", help=f"comma-separated, from: {', '.join(BACKEND_PLANS)} "
                                       "(default: all that run here; the rest are listed as skipped)")

@@ -150,6 +150,36 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+_X86_VENDORS = ("GenuineIntel", "AuthenticAMD", "HygonGenuine")
+
+
+def emulation_evidence(status: str | None = None, cpuinfo: str | None = None,
+                       machine: str | None = None) -> str | None:
+    """Why this process looks emulated (qemu-user), or ``None``.
+
+    Under ``qemu-aarch64`` on an x86 host the process is called ``qemu-...``
+    in ``/proc/self/status`` and ``/proc/cpuinfo`` still describes the x86
+    host while Python reports aarch64.  Timings taken there are ~20x off and
+    must never be reported as latency.
+    """
+    def read(path: str) -> str:
+        try:
+            return Path(path).read_text()
+        except OSError:
+            return ""
+
+    status = read("/proc/self/status") if status is None else status
+    cpuinfo = read("/proc/cpuinfo") if cpuinfo is None else cpuinfo
+    machine = (machine or platform.machine()).lower()
+    name = next((line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("Name:")), "")
+    if name.startswith("qemu-"):
+        return f"the process runs inside {name} (a CPU emulator)"
+    vendor = next((v for v in _X86_VENDORS if v in cpuinfo), None)
+    if vendor and machine not in ("x86_64", "amd64", "i386", "i686"):
+        return f"Python reports {machine} but the CPU is an x86 {vendor} (an emulator translates every instruction)"
+    return None
+
+
 def _version(dist: str) -> str | None:
     try:
         return metadata.version(dist)

@@ -38,7 +38,7 @@ CAMERA_SHAPE = (480, 640)  # what a webcam delivers; pre-processing resizes and 
 
 @dataclass
 class BenchConfig:
-    weights: str | None = None          # None: the paper setting (224, width 1.0), see models.py
+    weights: str | None = None          # None: the shipped default model; "paper": 224, width 1.0 (models.py)
     input_size: int | None = None
     backends: list[str] | None = None   # None: every backend that can run here (see backends.py)
     frames: int = 100                   # timed frames per variant and backend
@@ -343,6 +343,10 @@ def run_benchmark(cfg: BenchConfig, command: str = "tsm-bench") -> BenchReport:
         names = [*names, "tvm-rpc"]
     if remote is not None:
         remote.refuse_emulation()
+    emulated = facts.emulation_evidence()
+    if emulated:
+        raise UserError(f"refusing to time under emulation: {emulated}; emulated timings are meaningless -- run "
+                        "tsm-bench on the device itself, or time it from here with --rpc HOST:PORT --target NAME")
     machine = facts.machine_description()
     label = facts.machine_label(machine)
     bench = resolve_bench_model(cfg.weights, cfg.input_size, cfg.seed)
@@ -364,6 +368,10 @@ def run_benchmark(cfg: BenchConfig, command: str = "tsm-bench") -> BenchReport:
     bounds = roofline_rows(cost["flops"], cost["compulsory_bytes"]) if cfg.roofline else []
     notes = [f"peak resident memory of the benchmark process: {facts.peak_rss_bytes() / 2**20:.0f} MB "
              "(all backends loaded one after another)"]
+    if not bench.paper_setting:
+        notes.append(f"the paper rows are MobileNetV2 width 1.0 at 224x224; the model measured here is width "
+                     f"{bench.tsm.width_mult:g} at {bench.tsm.input_size}x{bench.tsm.input_size} "
+                     "(tsm-bench --weights paper measures the paper's setting)")
     return BenchReport(config=cfg, machine=machine, model=model, rows=rows,
                        reference=[r.to_dict() for r in PAPER_ROWS], bounds=bounds, command=command,
                        created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),

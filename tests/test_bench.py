@@ -218,3 +218,54 @@ def test_local_rpc_server_for_another_arch_is_refused_as_emulation():
     other = "aarch64" if "x86" in __import__("platform").machine() else "x86_64"
     with pytest.raises(UserError, match="emulator, whose timings are meaningless"):
         spec.refuse_emulation(target_arch=other)
+
+
+def test_emulation_evidence_from_process_name_and_cpu_vendor():
+    from online_tsm.benchmarks.facts import emulation_evidence
+
+    x86_cpuinfo = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n"
+    assert "qemu-aarch64-st" in emulation_evidence("Name:\tqemu-aarch64-st\n", x86_cpuinfo, "aarch64")
+    assert "x86 AuthenticAMD" in emulation_evidence("Name:\tpython3\n", x86_cpuinfo, "aarch64")
+    assert emulation_evidence("Name:\tpython3\n", x86_cpuinfo, "x86_64") is None
+    assert emulation_evidence("Name:\tpython3\n", "processor\t: 0\nBogoMIPS\t: 108.00\n", "aarch64") is None
+
+
+def test_bench_refuses_to_time_under_emulation(monkeypatch, capsys):
+    from online_tsm.benchmarks import facts
+    from online_tsm.benchmarks.cli import main
+
+    monkeypatch.setattr(facts, "emulation_evidence", lambda: "the process runs inside qemu-aarch64-st")
+    assert main(["--backends", "torch", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: refusing to time under emulation") and "qemu-aarch64-st" in err
+
+
+def test_rpc_to_this_machines_own_address_counts_as_local():
+    import socket
+
+    try:
+        address = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        pytest.skip("no resolvable host name")
+    assert RemoteSpec.parse(f"{address}:9090", "raspberry-pi-4").is_this_machine()
+    assert not RemoteSpec.parse("192.0.2.1:9090", "raspberry-pi-4").is_this_machine()  # TEST-NET-1, never local
+
+
+def test_default_bench_model_is_the_shipped_default_else_the_paper_setting(tmp_path, monkeypatch, model_small):
+    from online_tsm import weights
+    from online_tsm.benchmarks import models
+    from online_tsm.checkpoint import save_checkpoint
+
+    monkeypatch.setattr(models, "default_weights", lambda: None)
+    paper = models.resolve_bench_model()
+    assert paper.weights == "paper" and paper.paper_setting and "paper setting" in paper.description
+
+    asset = tmp_path / "default-synthetic.pt"
+    save_checkpoint(model_small, asset)
+    monkeypatch.setattr(weights, "DEFAULT_ASSET", asset)
+    monkeypatch.setattr(weights, "default_weights", lambda: asset)
+    monkeypatch.setattr(models, "default_weights", lambda: asset)
+    shipped = models.resolve_bench_model()
+    assert shipped.weights == "default" and not shipped.paper_setting
+    assert (shipped.tsm.width_mult, shipped.tsm.input_size) == (0.5, 96) and "shipped default" in shipped.description
+    assert models.resolve_bench_model("paper", input_size=64).tsm.width_mult == 1.0
