@@ -120,12 +120,25 @@ def test_json_is_complete_and_round_trips(report_data, tmp_path):
     data = json.loads(path.read_text())
     assert data["schema"] == SCHEMA and data["command"] == "tsm-bench --test"
     assert set(data) >= {"machine", "model", "settings", "rows", "reference", "bounds", "targets", "created"}
+    assert {"cpu", "arch", "usable_cores", "load_average_at_start", "libraries"} <= set(data["machine"])
+    for row in data["rows"]:
+        assert {"backend", "status", "reason", "source", "tsm", "tsn", "overhead_vs_tsn"} <= set(row)
+        if row["status"] == "ok":
+            assert {"runs", "min_ms", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "fps", "cold_ms",
+                    "samples_ms"} <= set(row["tsm"])
+    assert [t["id"] for t in data["targets"]] == [1, 2, 3, 4]
+    assert all(r["source"] == PAPER_LABEL for r in data["reference"])
 
 
 def test_markdown_tables(report_data):
     md = render_markdown(report_data)
     assert md.startswith("## tsm-bench report")
     assert "| Backend | Status |" in md and "|---|" in md and PAPER_LABEL in md
+    for heading in ("### End to end per frame", "### Batched streams", "### Performance targets"):
+        assert heading in md
+    header = next(line for line in md.splitlines() if line.startswith("| Backend | Status |"))
+    rows = [line for line in md.splitlines() if line.startswith("| torch |")]
+    assert rows and rows[0].count("|") == header.count("|")  # cells line up with the header
     assert "`tsm-bench --test`" in md
 
 
