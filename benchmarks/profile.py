@@ -1,12 +1,13 @@
-"""Which operators take the time: ONNX Runtime's own profiler, summed per operator type.
+"""Which operators take the time: ONNX Runtime's own profiler per op type, TVM's per function class.
 
 A latency number says *how long*; when a target is missed the question is
 *where*.  ORT writes one event per node execution; summing their durations
 per op type over a few streamed frames (buffers carried) gives the share of
 each operator -- e.g. how much of a frame the shift's Slice/Concat cost next
 to the convolutions, and how many layout conversions (ORT's NCHWc
-``Reorder*``) it forces.  :func:`compare_profiles` puts TSM and TSN side by
-side, op by op.
+``Reorder*``) it forces.  :func:`profile_tvm` does the same for a host TVM
+library with the VM's instrument hook.  :func:`compare_profiles` puts TSM and
+TSN side by side, op by op.
 """
 from __future__ import annotations
 
@@ -77,3 +78,95 @@ def compare_profiles(tsm: dict[str, Any], tsn: dict[str, Any]) -> list[dict[str,
     rows.append({"op": "(whole run)", "tsm_ms": tsm["run_ms_per_frame"], "tsn_ms": tsn["run_ms_per_frame"],
                  "delta_ms": tsm["run_ms_per_frame"] - tsn["run_ms_per_frame"]})
     return rows
+
+
+# TVM function classes, from the fused function's name and its weight's shape (NHWC build, see export/tvm.py).
+TVM_SHIFT = "shift (slice/concat/transpose)"
+
+
+def _tvm_class(symbol: str, shapes: list[tuple[int, ...]]) -> str:
+    if symbol.startswith("vm.builtin"):
+        return "VM (allocation, checks)"
+    name = symbol.removeprefix("fused_")
+    if name.startswith("conv2d"):
+        weight = shapes[1] if len(shapes) > 1 else ()
+        if len(weight) == 3 or tuple(weight[:2]) == (1, 1):  # packed [Cout/8, Cin, 8] or HWIO 1x1
+            kind = "Conv 1x1"
+        elif len(weight) == 4 and weight[2] == 1:
+            kind = f"Conv depthwise {weight[0]}x{weight[1]}"
+        else:
+            kind = "Conv (stem)"
+        # a residual is an extra input of the output's shape (the conv's own input is the first one)
+        residual = len(shapes) > 3 and any(shape == shapes[-1] for shape in shapes[2:-1])
+        return kind + (" + residual add" if residual else "")
+    if "concatenate" in name or "strided_slice" in name:
+        return TVM_SHIFT
+    if name.startswith("transpose"):
+        return "layout transpose (NCHW input -> NHWC)"
+    if name.startswith(("mean", "matmul", "add")):
+        return "pooling + classifier"
+    return name.rstrip("0123456789_")
+
+
+def profile_tvm(artifact: str | os.PathLike, frames: np.ndarray, *, warmup: int = 5,
+                threads: int | None = None) -> dict[str, Any]:
+    """Per-class milliseconds per frame of a host TVM library, timed around every VM call.
+
+    TVM 0.27's Relax VM has no profiler; its instrument hook is called before
+    and after each call, so each function is timed on its own (the hook's
+    own cost stays outside the figures but inside ``run_ms_per_frame``).
+    Classes rather than ~40 function names: 1x1 / depthwise / stem
+    convolutions (with their fused bias, ReLU6, residual), the shift's
+    slice/concat/transpose functions, VM allocation.
+    """
+    import time
+
+    import tvm
+    from tvm import relax
+
+    folder = Path(artifact)
+    manifest = load_manifest(folder)
+    if threads:
+        tvm.get_global_func("runtime.config_threadpool")(1, int(threads))
+    dev = tvm.cpu()
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(folder / manifest.file_with_role("library"))), dev)
+    by_class: dict[str, float] = {}
+    timing = {"on": False, "start": 0.0}
+
+    def instrument(func: Any, symbol: str, before: bool, ret: Any, *args: Any) -> int:
+        if not timing["on"]:
+            return 0
+        if before:
+            timing["start"] = time.perf_counter()
+        else:
+            shapes = [tuple(int(d) for d in a.shape) for a in args if hasattr(a, "shape")]
+            kind = _tvm_class(symbol, shapes)
+            by_class[kind] = by_class.get(kind, 0.0) + (time.perf_counter() - timing["start"]) * 1e3
+        return 0
+
+    vm.set_instrument(instrument)
+    state = [tvm.runtime.tensor(np.zeros(b.shape, np.dtype(b.dtype)), dev) for b in manifest.buffers]
+    names = [s.name for s in manifest.inputs]
+    run_ms = 0.0
+    for i in range(warmup + len(frames)):
+        feeds = {manifest.frame_input: tvm.runtime.tensor(np.ascontiguousarray(frames[i % len(frames)][None]), dev),
+                 **{b.input: t for b, t in zip(manifest.buffers, state)}}
+        timing["on"] = i >= warmup
+        start = time.perf_counter()
+        out = vm["main"](*[feeds[n] for n in names])
+        if i >= warmup:
+            run_ms += (time.perf_counter() - start) * 1e3
+        if manifest.buffers:
+            outputs = {s.name: out[k] for k, s in enumerate(manifest.outputs)}
+            state = [outputs[b.output] for b in manifest.buffers]
+    n = max(1, len(frames))
+    ops = sorted(((op, ms / n) for op, ms in by_class.items()), key=lambda kv: -kv[1])
+    kernel_ms = sum(ms for _, ms in ops)
+    return {
+        "tool": f"TVM {tvm.__version__} VM instrument (per call)",
+        "frames": n,
+        "run_ms_per_frame": run_ms / n,
+        "ops": [{"op": op, "ms_per_frame": ms, "share": ms / kernel_ms if kernel_ms else 0.0} for op, ms in ops],
+        "shift_ops_ms_per_frame": by_class.get(TVM_SHIFT, 0.0) / n,
+        "outside_kernels_ms_per_frame": max(0.0, run_ms / n - kernel_ms),
+    }

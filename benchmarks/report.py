@@ -84,16 +84,19 @@ def streams_rows(data: dict[str, Any]) -> list[list[str]]:
 PROFILE_HEADERS = ["Operator", "TSM ms/frame", "TSN ms/frame", "TSM - TSN"]
 
 
-def profile_rows(data: dict[str, Any]) -> list[list[str]]:
+def _profiles(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's profiles: ONNX Runtime's, then the TVM host build's when it was profiled."""
     prof = data.get("profile")
-    if not prof:
-        return []
+    return [p for p in ((prof or {}), (prof or {}).get("tvm") or {}) if p.get("by_op")]
+
+
+def profile_rows(prof: dict[str, Any]) -> list[list[str]]:
     return [[r["op"], _num(r["tsm_ms"], 3), _num(r["tsn_ms"], 3), f"{r['delta_ms']:+.3f}"] for r in prof["by_op"]]
 
 
-def _profile_title(data: dict[str, Any]) -> str:
-    prof = data["profile"]
-    return (f"Operator profile ({prof['tool']}, {prof['frames']} streamed frames, kernel time summed per op type; "
+def _profile_title(prof: dict[str, Any]) -> str:
+    unit = "function class" if prof["tool"].startswith("TVM") else "op type"
+    return (f"Operator profile ({prof['tool']}, {prof['frames']} streamed frames, kernel time summed per {unit}; "
             "profiling itself adds overhead)")
 
 
@@ -156,8 +159,8 @@ def render_terminal(data: dict[str, Any]) -> str:
     if st:
         parts += ["", "Batched streams (step_many) against the same streams stepped one after another",
                   format_table(STREAMS_HEADERS, st)]
-    if profile_rows(data):
-        parts += ["", _profile_title(data), format_table(PROFILE_HEADERS, profile_rows(data))]
+    for prof in _profiles(data):
+        parts += ["", _profile_title(prof), format_table(PROFILE_HEADERS, profile_rows(prof))]
     parts += ["", "Performance targets (issue 6)", format_table(TARGET_HEADERS, target_rows(data))]
     parts += [f"note: {n}" for n in data.get("notes", [])]
     parts += [f"({data['wall_s']:.0f} s)"]
@@ -187,8 +190,8 @@ def render_markdown(data: dict[str, Any]) -> str:
     st = streams_rows(data)
     if st:
         parts += ["", "### Batched streams (`step_many`)", "", markdown_table(STREAMS_HEADERS, st)]
-    if profile_rows(data):
-        parts += ["", f"### {_profile_title(data)}", "", markdown_table(PROFILE_HEADERS, profile_rows(data))]
+    for prof in _profiles(data):
+        parts += ["", f"### {_profile_title(prof)}", "", markdown_table(PROFILE_HEADERS, profile_rows(prof))]
     parts += ["", "### Performance targets", "", markdown_table(TARGET_HEADERS, target_rows(data))]
     if data.get("notes"):
         parts += [""] + [f"- {n}" for n in data["notes"]]

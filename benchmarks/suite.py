@@ -21,7 +21,7 @@ import numpy as np
 
 from online_tsm.benchmarks import facts
 from online_tsm.benchmarks.artifacts import cached_artifact, model_hash
-from online_tsm.benchmarks.backends import (BACKEND_PLANS, ONNX_TARGET, BackendPlan, RemoteSpec, backend_availability,
+from online_tsm.benchmarks.backends import (BACKEND_PLANS, HOST_TVM_TARGET, ONNX_TARGET, BackendPlan, RemoteSpec, backend_availability,
                                             default_bench_backends, export_for_plan, open_for_plan,
                                             tuning_fingerprint)
 from online_tsm.benchmarks.latency import Contestant, LatencyStats, cycle_frames, measure_interleaved, measure_stages
@@ -312,9 +312,10 @@ def model_facts(bench: BenchModel, cfg: BenchConfig, digest: str) -> dict[str, A
     }
 
 
-def _profile(bench: BenchModel, cfg: BenchConfig, digest: str, images: list[np.ndarray]) -> dict[str, Any]:
-    """ONNX Runtime's per-operator profile of TSM and of TSN, and their difference op by op."""
-    from online_tsm.benchmarks.profile import compare_profiles, profile_onnxruntime
+def _profile(bench: BenchModel, cfg: BenchConfig, digest: str, images: list[np.ndarray],
+             with_tvm: bool) -> dict[str, Any]:
+    """Per-operator profiles of TSM and TSN, and their difference op by op: ONNX Runtime's, and TVM's host build's."""
+    from online_tsm.benchmarks.profile import compare_profiles, profile_onnxruntime, profile_tvm
     from online_tsm.preprocess import preprocess_frame
 
     _say("profiling TSM and TSN with ONNX Runtime's profiler ...")
@@ -325,7 +326,18 @@ def _profile(bench: BenchModel, cfg: BenchConfig, digest: str, images: list[np.n
     frames = np.concatenate([frames] * (n // len(frames) + 1))[:n]
     tsm = profile_onnxruntime(folders["causal"], frames, warmup=cfg.warmup, threads=cfg.threads)
     tsn = profile_onnxruntime(folders["none"], frames, warmup=cfg.warmup, threads=cfg.threads)
-    return {"tool": tsm["tool"], "frames": tsm["frames"], "tsm": tsm, "tsn": tsn, "by_op": compare_profiles(tsm, tsn)}
+    out = {"tool": tsm["tool"], "frames": tsm["frames"], "tsm": tsm, "tsn": tsn, "by_op": compare_profiles(tsm, tsn)}
+    if with_tvm:
+        _say("profiling TSM and TSN of the TVM host build (VM instrument) ...")
+        try:
+            libs = {v: _artifact(bench, HOST_TVM_TARGET, v, cfg, digest) for v in ("causal", "none")}
+            t_tsm = profile_tvm(libs["causal"], frames, warmup=cfg.warmup, threads=cfg.threads)
+            t_tsn = profile_tvm(libs["none"], frames, warmup=cfg.warmup, threads=cfg.threads)
+            out["tvm"] = {"tool": t_tsm["tool"], "frames": t_tsm["frames"], "tsm": t_tsm, "tsn": t_tsn,
+                          "by_op": compare_profiles(t_tsm, t_tsn)}
+        except Exception as exc:  # noqa: BLE001 -- a profile must not sink the report
+            _say(f"TVM profile skipped: {(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]}")
+    return out
 
 
 def run_benchmark(cfg: BenchConfig, command: str = "tsm-bench") -> BenchReport:
@@ -363,7 +375,8 @@ def run_benchmark(cfg: BenchConfig, command: str = "tsm-bench") -> BenchReport:
             rows.append(BackendResult(name, status="skipped", reason=str(availability[name]), baseline=plan.baseline))
             continue
         rows.append(_run_one(plan, bench, cfg, label, digest, remote, images))
-    profile = _profile(bench, cfg, digest, images) if cfg.profile else None
+    tvm_ran = any(r.backend == "tvm" and r.status == "ok" for r in rows)
+    profile = _profile(bench, cfg, digest, images, with_tvm=tvm_ran) if cfg.profile else None
     cost = model["graph"]
     bounds = roofline_rows(cost["flops"], cost["compulsory_bytes"]) if cfg.roofline else []
     notes = [f"peak resident memory of the benchmark process: {facts.peak_rss_bytes() / 2**20:.0f} MB "

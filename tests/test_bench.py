@@ -269,3 +269,17 @@ def test_default_bench_model_is_the_shipped_default_else_the_paper_setting(tmp_p
     assert shipped.weights == "default" and not shipped.paper_setting
     assert (shipped.tsm.width_mult, shipped.tsm.input_size) == (0.5, 96) and "shipped default" in shipped.description
     assert models.resolve_bench_model("paper", input_size=64).tsm.width_mult == 1.0
+
+
+def test_tvm_profile_classes_functions_of_the_host_build(export_cache, small_weights):
+    from online_tsm.benchmarks.profile import TVM_SHIFT, compare_profiles, profile_tvm
+
+    folder = export_cache("small-host", small_weights, "host")
+    frames = np.random.default_rng(0).standard_normal((3, 3, 96, 96)).astype(np.float32)
+    prof = profile_tvm(folder, frames, warmup=1, threads=1)
+    classes = {o["op"] for o in prof["ops"]}
+    assert {"Conv 1x1", "Conv depthwise 3x3", "Conv (stem)", TVM_SHIFT} <= classes
+    assert prof["frames"] == 3 and prof["tool"].startswith("TVM")
+    assert sum(o["share"] for o in prof["ops"]) == pytest.approx(1.0)
+    rows = compare_profiles(prof, prof)
+    assert rows[-1]["op"] == "(whole run)" and all(r["delta_ms"] == 0 for r in rows)

@@ -188,3 +188,13 @@ def test_cli_errors_are_one_line(argv, message, capsys):
     assert main([*argv, "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and message in err[-1]
+
+
+def test_a_tvm_profile_gets_its_own_table(report_data):
+    import copy
+
+    data = copy.deepcopy(report_data)
+    data["profile"]["tvm"] = {**copy.deepcopy(data["profile"]), "tool": "TVM 0.27 VM instrument (per call)"}
+    text, md = render_terminal(data), render_markdown(data)
+    assert text.count("Operator profile (") == 2 and "per function class" in text
+    assert md.count("### Operator profile (") == 2
