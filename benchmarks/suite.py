@@ -238,7 +238,7 @@ def _streams(rt: Runtime, frames: np.ndarray, cfg: BenchConfig) -> dict[str, Any
         for stream in sequential:
             stream.step(next_frame())
 
-    samples = max(10, cfg.frames // 5)
+    samples = max(6, cfg.frames // 10)  # each sample is already N frames
     with _progress(2 * samples, f"{rt.backend:>9s} x{n}", cfg.progress) as tick:
         stats = measure_interleaved([Contestant("batched", run_batched, n), Contestant("sequential", run_sequential, n)],
                                     samples=samples, warmup=max(2, cfg.warmup // 4), round_size=5, on_sample=tick)
