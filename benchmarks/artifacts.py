@@ -3,8 +3,9 @@
 An ONNX export of the 224 model takes seconds and a tuned TVM build much
 longer; a user re-running ``tsm-bench`` should wait for neither.  Artifacts go
 under the user cache directory, keyed by a hash of the weights, the
-architecture, the shift variant, the target and the versions of every tool
-that shaped the artifact -- change any of them and a fresh one is built.
+architecture, the shift variant, the target, the versions of every tool
+that shaped the artifact and the exporter's own source -- change any of them
+and a fresh one is built.
 """
 from __future__ import annotations
 
@@ -35,7 +36,24 @@ def _versions() -> dict[str, str]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = "-"
+    out["exporter-source"] = exporter_digest()
     return out
+
+
+def exporter_digest() -> str:
+    """sha256 of the exporter's own source (``online_tsm.export``): graph rewrites and schedules live there.
+
+    The package version does not move in a development checkout, yet a new
+    schedule changes what a TVM build runs; without this a cached artifact
+    would time the old code.
+    """
+    import online_tsm.export as export_pkg
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(export_pkg.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def model_hash(model: MobileNetV2TSM) -> str:

@@ -283,3 +283,11 @@ def test_tvm_profile_classes_functions_of_the_host_build(export_cache, small_wei
     assert sum(o["share"] for o in prof["ops"]) == pytest.approx(1.0)
     rows = compare_profiles(prof, prof)
     assert rows[-1]["op"] == "(whole run)" and all(r["delta_ms"] == 0 for r in rows)
+
+
+def test_artifact_key_follows_the_exporter_source(monkeypatch):
+    from online_tsm.benchmarks import artifacts
+
+    before = artifacts.artifact_key("m", "host", "causal")
+    monkeypatch.setattr(artifacts, "exporter_digest", lambda: "another schedule")
+    assert artifacts.artifact_key("m", "host", "causal") != before
