@@ -245,7 +245,8 @@ def write_plot(data: dict[str, Any], path: str | os.PathLike) -> Path:
     for ref in data["reference"]:
         right.axhline(ref["latency_ms"], linestyle="--", color="grey", linewidth=1)
         right.annotate(f"{ref['device']} {ref['latency_ms']:g} ms ({PAPER_LABEL})", (0.99, ref["latency_ms"]),
-                       xycoords=("axes fraction", "data"), fontsize=7, ha="right", va="bottom", color="dimgrey")
+                       xycoords=("axes fraction", "data"), fontsize=7, ha="right", va="bottom", color="dimgrey",
+                       zorder=5, bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1})
     machine = data["machine"]["cpu"]
     left.set_title(f"per-frame latency, measured here on {machine}", fontsize=10)
     left.set_ylabel("ms per frame (log scale)")
