@@ -181,10 +181,11 @@ class ChannelsLastConv(_CPURule):
             anchor = sch.fuse(*order)
             sch.parallel(anchor)
         else:
-            # row by row: the few input rows a window needs stay in cache for every channel panel
-            sch.reorder(n, h_o, c_o, w_o, *reduce_loops, h_i, w_i, c_m, c_v)
-            sch.parallel(sch.fuse(n, h_o, c_o))
-            anchor = w_o
+            # row by row, and at each pixel tile every channel panel: the window's input pixels are read whole
+            # (a panel at a time over a row would use a fraction of each cache line and come back for the rest)
+            sch.reorder(n, h_o, w_o, c_o, *reduce_loops, h_i, w_i, c_m, c_v)
+            sch.parallel(sch.fuse(n, h_o))
+            anchor = c_o
         sch.unroll(h_i)
         sch.unroll(w_i)
         sch.unroll(c_m)
