@@ -23,7 +23,7 @@ from online_tsm.benchmarks import facts
 from online_tsm.benchmarks.artifacts import cached_artifact, model_hash
 from online_tsm.benchmarks.backends import (BACKEND_PLANS, HOST_TVM_TARGET, ONNX_TARGET, BackendPlan, RemoteSpec, backend_availability,
                                             default_bench_backends, export_for_plan, open_for_plan,
-                                            tuning_fingerprint)
+                                            tuning_fingerprint, tvm_default_threads)
 from online_tsm.benchmarks.latency import Contestant, LatencyStats, cycle_frames, measure_interleaved, measure_stages
 from online_tsm.benchmarks.models import BenchModel, resolve_bench_model
 from online_tsm.benchmarks.reference import PAPER_ROWS, roofline_rows
@@ -331,8 +331,9 @@ def _profile(bench: BenchModel, cfg: BenchConfig, digest: str, images: list[np.n
         _say("profiling TSM and TSN of the TVM host build (VM instrument) ...")
         try:
             libs = {v: _artifact(bench, HOST_TVM_TARGET, v, cfg, digest) for v in ("causal", "none")}
-            t_tsm = profile_tvm(libs["causal"], frames, warmup=cfg.warmup, threads=cfg.threads)
-            t_tsn = profile_tvm(libs["none"], frames, warmup=cfg.warmup, threads=cfg.threads)
+            threads = cfg.threads or tvm_default_threads()
+            t_tsm = profile_tvm(libs["causal"], frames, warmup=cfg.warmup, threads=threads)
+            t_tsn = profile_tvm(libs["none"], frames, warmup=cfg.warmup, threads=threads)
             out["tvm"] = {"tool": t_tsm["tool"], "frames": t_tsm["frames"], "tsm": t_tsm, "tsn": t_tsn,
                           "by_op": compare_profiles(t_tsm, t_tsn)}
         except Exception as exc:  # noqa: BLE001 -- a profile must not sink the report
@@ -381,6 +382,9 @@ def run_benchmark(cfg: BenchConfig, command: str = "tsm-bench") -> BenchReport:
     bounds = roofline_rows(cost["flops"], cost["compulsory_bytes"]) if cfg.roofline else []
     notes = [f"peak resident memory of the benchmark process: {facts.peak_rss_bytes() / 2**20:.0f} MB "
              "(all backends loaded one after another)"]
+    if cfg.threads is None and any(r.backend == "tvm" and r.status == "ok" for r in rows):
+        notes.append(f"TVM ran {tvm_default_threads()} threads (this machine's physical cores): its own default on "
+                     "x86 is half the logical CPUs, which assumes hyper-threading")
     if not bench.paper_setting:
         notes.append(f"the paper rows are MobileNetV2 width 1.0 at 224x224; the model measured here is width "
                      f"{bench.tsm.width_mult:g} at {bench.tsm.input_size}x{bench.tsm.input_size} "
