@@ -155,23 +155,9 @@ def _target_arch(target: str) -> str | None:
     return triple.split("-")[0] if triple else None
 
 
-def tvm_default_threads() -> int:
-    """Threads for TVM when ``--threads`` is not given: this machine's physical cores.
-
-    TVM's own default on x86 is half the logical CPUs (it assumes two
-    hyper-threads per core), so on a 2-vCPU machine without SMT it runs one
-    thread while ONNX Runtime and PyTorch use both cores.
-    """
-    import psutil
-
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-
-
 def open_for_plan(plan: BackendPlan, source: Any, threads: int | None, remote: RemoteSpec | None) -> Runtime:
     """Open ``source`` (a model or an artifact folder) with the plan's runtime."""
     options: dict[str, Any] = {}
-    if not threads and plan.runtime == "tvm":
-        threads = tvm_default_threads()
     if threads:
         options["threads"] = threads
     if plan.runtime == PLAIN_ORT:

@@ -23,12 +23,13 @@ from online_tsm.benchmarks import facts
 from online_tsm.benchmarks.artifacts import cached_artifact, model_hash
 from online_tsm.benchmarks.backends import (BACKEND_PLANS, HOST_TVM_TARGET, ONNX_TARGET, BackendPlan, RemoteSpec, backend_availability,
                                             default_bench_backends, export_for_plan, open_for_plan,
-                                            tuning_fingerprint, tvm_default_threads)
+                                            tuning_fingerprint)
 from online_tsm.benchmarks.latency import Contestant, LatencyStats, cycle_frames, measure_interleaved, measure_stages
 from online_tsm.benchmarks.models import BenchModel, resolve_bench_model
 from online_tsm.benchmarks.reference import PAPER_ROWS, roofline_rows
 from online_tsm.cli_util import UserError
 from online_tsm.runtimes.base import Runtime
+from online_tsm.runtimes.tvm_backend import default_threads as tvm_default_threads
 from online_tsm.smoothing import PredictionSmoother
 from online_tsm.synthetic import synthetic_frames
 

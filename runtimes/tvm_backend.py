@@ -55,6 +55,18 @@ def import_tvm() -> Any:
     return tvm
 
 
+def default_threads() -> int:
+    """Threads for TVM's CPU pool when none are asked for: this machine's physical cores.
+
+    TVM's own default on x86 is half the logical CPUs (it assumes two
+    hyper-threads per core), so on a 2-vCPU machine without SMT it would run
+    one thread while ONNX Runtime and PyTorch use both cores.
+    """
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
 class TvmRuntime(Runtime):
     backend = "tvm"
 
@@ -84,8 +96,8 @@ class TvmRuntime(Runtime):
         if kind == "cuda" and not device.exist:
             raise BackendUnavailable(f"{self._library.name} is compiled for CUDA but this machine has no CUDA GPU "
                                      "(or TVM was built without CUDA)")
-        if threads:
-            tvm.get_global_func("runtime.config_threadpool")(1, int(threads))
+        if kind != "cuda":
+            tvm.get_global_func("runtime.config_threadpool")(1, int(threads or default_threads()))
         try:
             lib = tvm.runtime.load_module(str(self._library))
             self._vm = tvm.relax.VirtualMachine(lib, device)
