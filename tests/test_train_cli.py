@@ -117,3 +117,18 @@ def test_convert_to_half_keeps_the_model(tmp_path, capsys):
     assert list(model.info.labels) == list(GESTURES.values()) and model.input_size == 32
     assert convert.main([str(src), str(tmp_path / "y.pt"), "--labels", "jester"]) == 2
     assert "jester has 27 labels but the model has 8 classes" in capsys.readouterr().err
+
+
+def test_fine_tune_on_a_subset_of_the_checkpoint_classes_keeps_their_rows(tmp_path, capsys):
+    from online_tsm.labels import JESTER_LABELS
+
+    base_model = small_model(len(JESTER_LABELS))
+    torch.nn.init.normal_(base_model.classifier.weight)
+    base = save_checkpoint(base_model, tmp_path / "jester-like.pt", labels=JESTER_LABELS)
+    out = tmp_path / "ft"
+    rc = cli.main(NO_WIDTH + ["--init", str(base), "--lr", "1e-12", "--out", str(out)])  # lr ~0: rows as loaded
+    assert rc == 0
+    assert "classifier: the rows of 8 of its 27 classes kept" in capsys.readouterr().err
+    tuned = load_model(out / "best.pt")
+    rows = [list(JESTER_LABELS).index(name) for name in GESTURES.values()]
+    assert torch.allclose(tuned.classifier.weight, base_model.classifier.weight[rows], atol=1e-6)

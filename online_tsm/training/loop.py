@@ -170,12 +170,16 @@ def build_model(cfg: TrainConfig, labels: list[str]) -> tuple[MobileNetV2TSM, st
         how = f"initialised from {cfg.init}"
         if old == labels:
             how += " (classifier kept: same classes)"
-        elif sorted(old) == sorted(labels):
+        elif set(labels) <= set(old):
+            # Every class is known to the checkpoint (e.g. a subset of Jester's): keep what it learnt of each.
             order = [old.index(name) for name in labels]
+            rows = nn.Linear(model.classifier.in_features, n_class)
             with torch.no_grad():
-                model.classifier.weight.copy_(model.classifier.weight[order].clone())
-                model.classifier.bias.copy_(model.classifier.bias[order].clone())
-            how += " (classifier rows reordered to the data's classes)"
+                rows.weight.copy_(model.classifier.weight[order])
+                rows.bias.copy_(model.classifier.bias[order])
+            model.classifier, model.n_class = rows, n_class
+            how += (" (classifier rows reordered to the data's classes)" if n_class == len(old) else
+                    f" (classifier: the rows of {n_class} of its {len(old)} classes kept)")
         else:
             model.classifier = nn.Linear(model.classifier.in_features, n_class)
             nn.init.normal_(model.classifier.weight, 0, 0.01)
