@@ -53,7 +53,9 @@ _REVERSE = {a: b for pair in DIRECTION_PAIRS for a, b in (pair, pair[::-1])}
 STATE_BOX = {"u": (-0.3, 0.3), "v": (-0.3, 0.3), "size": (0.22, 0.42)}
 SWIPE_DISTANCE = (0.3, 0.6)    # how far a swipe travels (shorter-side units)
 ZOOM_FACTOR = (1.5, 1.9)       # end size / start size of a zoom
-JITTER_AMPLITUDE = (0.02, 0.05)
+# Largest wobble of a jitter clip (position and relative size).  At least ~2 px at a 32x32 input, so
+# that "doing other things" is a visible motion at every input size a model may use, not sub-pixel noise.
+JITTER_AMPLITUDE = (0.05, 0.10)
 NOISE_SIGMA = (2.0, 8.0)       # per-pixel Gaussian noise, grey levels
 
 
