@@ -21,7 +21,7 @@ import torch
 
 from online_tsm.checkpoint import load_model
 from online_tsm.cli_util import UserError, add_debug_flag, run_cli
-from online_tsm.labels import JESTER_LABELS
+from online_tsm.labels import JESTER_LABELS, default_labels
 from online_tsm.models import MobileNetV2TSM
 from online_tsm.preprocess import preprocess_frame
 from online_tsm.synthetic import GESTURES, MOTIONS, synthetic_frames
@@ -44,7 +44,7 @@ def model_labels(model: MobileNetV2TSM) -> list[str]:
     info = getattr(model, "info", None)
     if info is not None and info.labels:
         return list(info.labels)
-    return list(JESTER_LABELS) if model.n_class == len(JESTER_LABELS) else [f"class {i}" for i in range(model.n_class)]
+    return default_labels(model.n_class)
 
 
 def stream(model: MobileNetV2TSM, n_frames: int, labels: list[str], motion: str = "swipe-left") -> str:
