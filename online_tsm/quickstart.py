@@ -21,7 +21,7 @@ import torch
 
 from online_tsm.checkpoint import load_model
 from online_tsm.cli_util import UserError, add_debug_flag, run_cli
-from online_tsm.labels import JESTER_LABELS, default_labels
+from online_tsm.labels import default_labels
 from online_tsm.models import MobileNetV2TSM
 from online_tsm.preprocess import preprocess_frame
 from online_tsm.synthetic import GESTURES, MOTIONS, synthetic_frames
@@ -36,8 +36,9 @@ def build_model(weights: str | None, seed: int = 0) -> tuple[MobileNetV2TSM, str
         return load_model(weights), weights
     if default_weights() is not None:
         return load_model(DEFAULT_NAME), f"built-in default ({DEFAULT_ASSET.name}, trained on synthetic gestures)"
-    torch.manual_seed(seed)
-    return MobileNetV2TSM(n_class=len(JESTER_LABELS)).eval(), f"random weights (seed {seed}), not a trained model"
+    from online_tsm.demo.model import random_model  # logits of order 1, so that verification means something
+
+    return random_model(seed), f"random weights (seed {seed}), not a trained model"
 
 
 def model_labels(model: MobileNetV2TSM) -> list[str]:
