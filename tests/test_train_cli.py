@@ -96,6 +96,8 @@ def test_train_errors_are_one_line(tmp_path, capsys):
     assert "contradicts --init" in capsys.readouterr().err
     assert cli.main(["--data", "synthetic", "--input-size", "100"]) == 2
     assert "multiple of 32" in capsys.readouterr().err
+    assert cli.main(["--data", "synthetic", "--warmup-epochs", "-1"]) == 2
+    assert "warm-up epochs must be >= 0, got -1.0" in capsys.readouterr().err
 
 
 def test_make_synthetic_writes_class_folders(tmp_path, capsys):

@@ -69,6 +69,8 @@ def train_parser() -> argparse.ArgumentParser:
     o.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"), help="default sgd (momentum 0.9)")
     o.add_argument("--lr", type=float, help="peak learning rate (default 0.01 for sgd, 0.002 for adamw); "
                                             "warm-up then cosine decay")
+    o.add_argument("--warmup-epochs", type=float, default=0.5,
+                   help="epochs of linear learning-rate warm-up before the cosine decay (default 0.5)")
     o.add_argument("--weight-decay", type=float, default=1e-4)
     o.add_argument("--label-smoothing", type=float, default=0.0)
     o.add_argument("--hflip", action="store_true",
@@ -93,7 +95,8 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         data=args.data, data_format=args.data_format, out=Path(args.out), segments=args.segments, shift=args.shift,
         width=args.width, input_size=args.input_size, init=args.init, freeze_backbone=args.freeze_backbone,
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, seed=args.seed,
+        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+        seed=args.seed,
         threads=args.threads, workers=args.workers, val_fraction=args.val_fraction, hflip=args.hflip,
         augment=not args.no_augment,
         train_clips=args.train_clips, val_clips=args.val_clips, train_list=args.train_list,

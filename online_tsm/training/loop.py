@@ -88,6 +88,8 @@ class TrainConfig:
             raise ValueError(f"input size must be a positive multiple of 32, got {self.input_size}")
         if self.width is not None and self.width <= 0:
             raise ValueError(f"width must be positive, got {self.width}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"warm-up epochs must be >= 0, got {self.warmup_epochs}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val fraction must be in [0, 1), got {self.val_fraction}")
 
