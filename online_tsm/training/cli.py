@@ -53,7 +53,8 @@ def train_parser() -> argparse.ArgumentParser:
     _data_args(p)
     m = p.add_argument_group("model")
     m.add_argument("--init", help="start from a checkpoint (any supported format) or a weights name such as "
-                                  "'jester'; the classifier is replaced when the classes differ")
+                                  "'jester'; the classifier keeps its rows when every class is one of the "
+                                  "checkpoint's (matched by name), else it is replaced")
     m.add_argument("--width", type=float, help="width multiplier of a new model (default 1.0; not with --init)")
     m.add_argument("--input-size", type=int, help="input side in pixels, a multiple of 32 (default: the --init "
                                                   "model's, else 224)")
