@@ -68,16 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--address", metavar="HOST:PORT", help="RPC server of the device (--backend tvm-rpc)")
 
     smooth = p.add_argument_group("smoothing")
-    smooth.add_argument("--history", type=positive_int, default=DEFAULT_HISTORY,
-                        help=f"average the logits of this many inferences (default {DEFAULT_HISTORY})")
-    smooth.add_argument("--debounce", type=positive_int, default=DEFAULT_DEBOUNCE,
-                        help="consecutive inferences a new class needs before it is shown "
-                             f"(default {DEFAULT_DEBOUNCE}; 1 = switch at once)")
+    smooth.add_argument("--history", type=positive_int,
+                        help="average the logits of this many inferences (default: half the model's training "
+                             f"clip when recorded, else {DEFAULT_HISTORY} as the paper's demo)")
+    smooth.add_argument("--debounce", type=positive_int,
+                        help="consecutive inferences a new class needs before it is shown (1 = switch at once; "
+                             f"default: 1 with a recorded training pace, else {DEFAULT_DEBOUNCE})")
     smooth.add_argument("--ignore", metavar="NAMES",
                         help="comma-separated class names never shown ('' for none; default for the 27 Jester "
                              "classes: the five the paper's demo ignored, e.g. 'Rolling Hand Forward')")
-    smooth.add_argument("--every", type=positive_int, default=1,
-                        help="run the model on every n-th frame only, drawing all (the paper's demo used 2)")
+    smooth.add_argument("--every", type=positive_int,
+                        help="run the model on every n-th frame only, drawing all (default: the frame stride the "
+                             "model was trained at when its checkpoint records it, e.g. 4 for the shipped "
+                             "default model; else 1)")
 
     out = p.add_argument_group("output")
     out.add_argument("--headless", action="store_true", help="no window (servers, SSH, CI)")
@@ -115,8 +118,11 @@ def demo_main(args: argparse.Namespace) -> int:
         with runtime:
             ignored = default_ignored(runtime.labels) if args.ignore is None \
                 else resolve_ignored(args.ignore, runtime.labels)
-            smoother = PredictionSmoother(runtime.n_class, history=args.history, debounce=args.debounce,
-                                          ignore=ignored)
+            pace = demo.pace
+            every = args.every or pace.every
+            history = args.history or pace.history
+            debounce = args.debounce or pace.debounce
+            smoother = PredictionSmoother(runtime.n_class, history=history, debounce=debounce, ignore=ignored)
             if args.output:
                 sinks.append(VideoSink(args.output, source.fps, measure_fps=source.live))
             if args.log:
@@ -128,12 +134,15 @@ def demo_main(args: argparse.Namespace) -> int:
             warn = UNTRAINED_WARNING if demo.untrained else ""
             print(f"tsm-demo: {source.description} -> {runtime.backend} ({runtime.description or 'runtime'}); "
                   f"{demo.source}; {runtime.n_class} classes", file=sys.stderr)
+            print(f"tsm-demo: inference every {every} frame(s), logits averaged over {history}, debounce {debounce}"
+                  + ("" if (args.every, args.history, args.debounce) != (None, None, None) else f" ({pace.reason})"),
+                  file=sys.stderr)
             if ignored:
                 print(f"tsm-demo: ignoring {', '.join(runtime.labels[i] for i in ignored)}", file=sys.stderr)
             if demo.untrained:
                 print(f"tsm-demo: warning: {UNTRAINED_WARNING} -- predictions are meaningless; "
                       "pass --weights or --artifact for a trained model", file=sys.stderr)
-            options = DemoOptions(every=args.every, max_frames=args.frames, display_width=args.display_width,
+            options = DemoOptions(every=every, max_frames=args.frames, display_width=args.display_width,
                                   pace=not args.headless, warning=warn)
             summary = run_demo(runtime, source, smoother, sinks, options)
     written = ", ".join(str(p) for p in (args.output, args.log, args.screenshot) if p)

@@ -17,6 +17,7 @@ from online_tsm.checkpoint import model_info
 from online_tsm.cli_util import UserError
 from online_tsm.labels import JESTER_LABELS
 from online_tsm.models import MobileNetV2TSM
+from online_tsm.pacing import UPSTREAM_PACE, StreamPace, pace_from_metadata
 from online_tsm.runtimes import BACKENDS, Runtime, open_runtime
 from online_tsm.weights import DEFAULT_NAME, default_weights
 
@@ -35,6 +36,7 @@ class DemoModel:
     runtime: Runtime
     source: str          # where the weights came from, in words
     untrained: bool
+    pace: StreamPace = UPSTREAM_PACE  # how often to infer and how much to smooth (from the training metadata)
 
 
 def random_model(seed: int = 0, n_class: int = len(JESTER_LABELS)) -> MobileNetV2TSM:
@@ -79,7 +81,11 @@ def load_demo_model(backend: str, artifact: str | Path | None = None, weights: s
         path = Path(artifact).expanduser()
         if not path.is_dir():
             raise UserError(f"no such export folder: {path} (tsm-export writes one)")
-        return DemoModel(open_runtime(str(path), backend=backend, **options), f"artifact {path}", untrained=False)
+        from online_tsm.export.manifest import load_manifest
+
+        runtime = open_runtime(str(path), backend=backend, **options)
+        pace = pace_from_metadata(load_manifest(path, verify_files=False).model)
+        return DemoModel(runtime, f"artifact {path}", untrained=False, pace=pace)
 
     if backend not in CHECKPOINT_BACKENDS and backend != "auto":
         raise UserError(f"--backend {backend} runs an exported folder: pass --artifact DIR (written by tsm-export), "
@@ -90,4 +96,6 @@ def load_demo_model(backend: str, artifact: str | Path | None = None, weights: s
         return DemoModel(open_runtime(model, backend="torch", **options),
                          f"random weights (seed {seed}): this build ships no trained default model", untrained=True)
     # A checkpoint always runs on the PyTorch backend, also under "auto".
-    return DemoModel(open_runtime(name, backend="torch", **options), f"weights {name}", untrained=False)
+    runtime = open_runtime(name, backend="torch", **options)
+    info = getattr(getattr(runtime, "model", None), "info", None)
+    return DemoModel(runtime, f"weights {name}", untrained=False, pace=pace_from_metadata(getattr(info, "extra", None)))

@@ -62,6 +62,7 @@ def test_default_is_a_small_trained_checkpoint(model):
     extra = model.info.extra
     assert extra["trained_shift"] == "causal" and extra["command"].startswith("tsm-train ")
     assert extra["val_top1"] >= 0.9
+    assert extra["frame_stride"] == 3.99   # synthetic clips of 24-40 frames, 8 segments (online_tsm.pacing)
 
 
 def test_default_streams_exactly_as_its_clip_model(model):
@@ -80,6 +81,7 @@ def test_default_labels_a_synthetic_swipe_left_when_streamed(model, seed):
 
 def test_default_exports_to_onnx_and_tvm_with_parity(model, artifact):
     manifest = load_manifest(artifact)
+    assert (manifest.model["frame_stride"], manifest.model["segments"]) == (3.99, 8)  # the pace travels along
     frames = deterministic_frames(16, model.input_size)
     expected = stream_torch(model, frames)
     assert np.abs(expected).max() > 1.0  # not a comparison of near-zero logits

@@ -4,6 +4,7 @@ import pytest
 from helpers import seeded_model
 from online_tsm import quickstart, save_checkpoint
 from online_tsm.quickstart import main
+from online_tsm.synthetic import GESTURES
 
 
 def test_quickstart_without_a_shipped_default_says_random_weights(capsys, monkeypatch):
@@ -11,6 +12,16 @@ def test_quickstart_without_a_shipped_default_says_random_weights(capsys, monkey
     assert main(["--frames", "2", "--stream-only"]) == 0
     out = capsys.readouterr().out
     assert "random weights" in out and out.count("top-1") == 2
+
+
+@pytest.mark.skipif(quickstart.default_weights() is None, reason="needs the shipped default model")
+@pytest.mark.parametrize("motion", ["swipe-left", "zoom-out"])
+def test_quickstart_default_model_names_the_gesture_at_its_training_pace(motion, capsys):
+    assert main(["--stream-only", "--motion", motion]) == 0
+    out = capsys.readouterr().out
+    assert "inference on every 4 frame(s)" in out and out.count("top-1") == 8   # 32 frames, one in 4
+    shown = out.strip().splitlines()[-1]
+    assert shown.startswith(f"after 32 frames: {GESTURES[motion]} "), shown
 
 
 def test_quickstart_with_weights(tmp_path, capsys):

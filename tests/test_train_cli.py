@@ -40,6 +40,8 @@ def test_train_writes_checkpoint_metrics_and_confusion(trained, capsys):
     assert (model.width_mult, model.input_size, len(model.shift_blocks)) == (0.25, 32, 10)
     extra = model.info.extra
     assert extra["trained_shift"] == "causal" and extra["segments"] == 4
+    # 8 synthetic clips of 24-40 frames cut into 4 segments: the stride the demo will stream at
+    assert 6.0 <= extra["frame_stride"] <= 10.0
     assert extra["command"].startswith("tsm-train --data synthetic")
     metrics = json.loads((trained / "metrics.json").read_text())
     assert metrics["clip_top1"] == metrics["stream_top1"]

@@ -248,6 +248,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     split = load_split(cfg, input_size)
     log(f"data: {split.description}")
     labels = split.labels
+    frame_stride = training_frame_stride(split.train, cfg.segments)
     model, how = build_model(cfg, labels)
     if model.input_size != input_size:
         raise ValueError(f"model input size {model.input_size} != {input_size}")
@@ -319,7 +320,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             f"val top-1 {top1:.3f} top-5 {top5:.3f} | {stats.seconds:.0f} s" + ("  * best" if improved else ""))
         if improved:
             best, best_epoch = (top1 if val_loader is not None else best), epoch
-            _save(model, ckpt, labels, cfg, epoch, top1, top5, split.description)
+            _save(model, ckpt, labels, cfg, epoch, top1, top5, split.description, frame_stride)
 
     if val_loader is None:
         log("warning: no validation clips; saved the last epoch without accuracy figures")
@@ -343,10 +344,22 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
 
 
+def training_frame_stride(clips: list, segments: int) -> float | None:
+    """Mean source frames between two sampled frames of a training clip (``None`` without clips).
+
+    Saved in the checkpoint so that streaming can run the model at the pace it
+    learned motion at (see :mod:`online_tsm.pacing`).
+    """
+    lengths = [c.n_frames for c in clips if c.n_frames > 0]
+    return round(sum(lengths) / len(lengths) / segments, 2) if lengths else None
+
+
 def _save(model: MobileNetV2TSM, path: Path, labels: list[str], cfg: TrainConfig, epoch: int, top1: float,
-          top5: float, data_description: str) -> None:
+          top5: float, data_description: str, frame_stride: float | None = None) -> None:
     extra = {"trained_shift": cfg.shift, "segments": cfg.segments, "epoch": epoch, "val_top1": top1,
              "val_top5": top5, "data": data_description, "command": cfg.command}
+    if frame_stride is not None:
+        extra["frame_stride"] = frame_stride
     # Weights go back to the default memory format: a checkpoint should not depend on how it was trained.
     plain = model.to(memory_format=torch.contiguous_format)
     save_checkpoint(plain, path, labels=labels, extra=extra)
