@@ -40,13 +40,11 @@ def _require_emulator() -> None:
 
 
 # -- artifacts ----------------------------------------------------------------------------------------
-def _export_with_cli(model, target: str, out_dir: Path, tmp: Path) -> Path:
-    """The user's path: a checkpoint on disk, then ``tsm-export --weights CKPT --target T -o DIR``."""
-    from online_tsm.checkpoint import save_checkpoint
+def _export_with_cli(target: str, out_dir: Path) -> Path:
+    """The user's path of issue 9: ``tsm-export --target T -o DIR`` on the shipped default model (width 0.5, 96)."""
     from online_tsm.export.cli import main
 
-    checkpoint = save_checkpoint(model, tmp / f"{target}.pt")
-    assert main(["--weights", str(checkpoint), "--target", target, "-o", str(out_dir), "--quiet"]) == 0
+    assert main(["--target", target, "-o", str(out_dir), "--quiet"]) == 0
     return out_dir
 
 
@@ -65,11 +63,11 @@ def _copy_with_library(source: Path, dest: Path, library_bytes: bytes | None) ->
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory, export_cache, small_weights, model_small, model_224) -> dict[str, Path]:
+def artifacts(tmp_path_factory, export_cache, small_weights, model_224) -> dict[str, Path]:
     _require_emulator()
     base = tmp_path_factory.mktemp("emulate")
     built = {"small-rpi": export_cache("small-raspberry-pi-4", small_weights, "raspberry-pi-4"),
-             "small-android": _export_with_cli(model_small, "android-arm64", base / "small-android", base),
+             "small-android": _export_with_cli("android-arm64", base / "small-android"),
              "small-jetson": export_cache("small-jetson-nano", small_weights, "jetson-nano"),
              "224-rpi": export_cache("224-raspberry-pi-4", model_224, "raspberry-pi-4")}
     so = (built["small-rpi"] / "model.so").read_bytes()
