@@ -262,10 +262,10 @@ def _export(model: MobileNetV2TSM, row: ExportTarget, out: Path, say: Progress, 
     manifest.compiler = _compiler_versions(row, compiled)
     from online_tsm.export.readme import artifact_readme
 
-    (out / README_NAME).write_text(artifact_readme(manifest, row, out.name))
     roles = {ONNX_NAME: "onnx", REFERENCE_NAME: "reference", README_NAME: "readme"}
     if compiled is not None:
         roles[compiled.filename] = "library"
+    (out / README_NAME).write_text(artifact_readme(manifest, row, out.name, files=sorted(roles)))
     write_manifest(out, manifest, roles)
     say(f"wrote {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
     return out

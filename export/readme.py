@@ -4,8 +4,11 @@ The README section "Export (tsm-export)" says the same things per target.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 from online_tsm.export.manifest import Manifest
 from online_tsm.export.targets import ExportTarget
+from online_tsm.pacing import UPSTREAM_PACE, pace_from_metadata
 
 _RUN_TVM = """  import numpy as np, tvm
   from tvm import relax
@@ -62,7 +65,18 @@ _LINK_TAR = """  mkdir objs && tar -xf {folder}/model.tar -C objs && gcc -shared
 """
 
 
-def artifact_readme(manifest: Manifest, row: ExportTarget, folder: str = "ARTIFACT") -> str:
+def _pace_lines(manifest: Manifest) -> list[str]:
+    """How often to run the model, when its training recorded it (online_tsm.pacing)."""
+    pace = pace_from_metadata(manifest.model)
+    if pace == UPSTREAM_PACE:
+        return []
+    return [f"Pace: {pace.reason}: run it on one camera frame in {pace.every} and average the logits of the last "
+            f"{pace.history} steps, as tsm-demo does (manifest: model.frame_stride, model.segments)."]
+
+
+def artifact_readme(manifest: Manifest, row: ExportTarget, folder: str = "ARTIFACT",
+                    files: Sequence[str] | None = None) -> str:
+    """The folder's README.txt; ``files``: the folder's files besides manifest.json (default: the manifest's)."""
     target = manifest.target or {}
     library = target.get("library")
     pre = manifest.preprocess
@@ -79,11 +93,13 @@ def artifact_readme(manifest: Manifest, row: ExportTarget, folder: str = "ARTIFA
     lines = [
         f"online-tsm artifact: {manifest.model.get('name')} for target {row.name} ({row.description})",
         "",
-        f"Files: {', '.join(sorted(manifest.files))} and manifest.json (names, shapes, buffer pairing, sha256).",
+        f"Files: {', '.join(sorted(manifest.files if files is None else files))} and manifest.json (names, shapes, "
+        "buffer pairing, sha256).",
         f"Input {manifest.frame_input}: {frame_doc}.",
         f"Shift buffers: {len(manifest.buffers)} pairs; shift_out_k of one frame is shift_k of the next; zeros "
         "before the first frame (and after a scene cut).",
         f"Output {manifest.logits_output}: [1, {manifest.model.get('n_class')}] class scores; labels in manifest.json.",
+        *_pace_lines(manifest),
         "",
         "On the device:",
         steps.rstrip("\n"),

@@ -76,7 +76,9 @@ def test_onnx_artifact_folder_and_manifest(export_cache, small_weights):
     assert {"torch", "onnx", "onnxslim", "onnxruntime"} <= set(manifest.compiler)
     reference = read_reference(folder / "reference.npz")
     assert reference.shape == (16, 10) and reference.dtype == np.float32
-    assert "model.onnx" in (folder / "README.txt").read_text()
+    readme = (folder / "README.txt").read_text()
+    assert "Files: README.txt, model.onnx, reference.npz and manifest.json" in readme
+    assert "Pace:" not in readme   # a checkpoint without a recorded training pace: nothing to say
 
 
 def test_small_onnx_and_host_reproduce_pytorch(export_cache, small_weights, model_small):
