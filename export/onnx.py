@@ -42,7 +42,6 @@ PACE_KEYS = ("frame_stride", "segments")
 def build_manifest(model: MobileNetV2TSM, name: str = "online-tsm", shift: str = "causal") -> Manifest:
     """The manifest of a per-frame graph of ``model`` (files and target are filled in later)."""
     info = model_info(model)
-    trained = getattr(getattr(model, "info", None), "extra", None) or {}  # training metadata of a loaded checkpoint
     size = model.input_size
     shapes = [list(s) for s in model.buffer_shapes(1)]
     ins, outs = buffer_names(len(shapes))
@@ -51,7 +50,7 @@ def build_manifest(model: MobileNetV2TSM, name: str = "online-tsm", shift: str =
                "width_mult": info.width_mult, "shift_blocks": list(info.shift_blocks), "fold_div": info.fold_div,
                "shift": shift if shapes else "none",
                # How the model was trained to be paced when streamed (online_tsm.pacing); absent if unknown.
-               **{k: trained[k] for k in PACE_KEYS if k in trained}},
+               **{k: info.extra[k] for k in PACE_KEYS if k in info.extra}},
         preprocess={"input_size": size, "resize_shorter": resize_size(size), "mean": list(info.mean),
                     "std": list(info.std), "color_order": "rgb", "layout": "NCHW", "folded": False},
         inputs=[TensorSpec(FRAME_INPUT, [1, 3, size, size])] + [TensorSpec(n, s) for n, s in zip(ins, shapes)],

@@ -77,6 +77,7 @@ def model_info(model: MobileNetV2TSM, labels: Sequence[str] | None = None, **ove
         width_mult=model.width_mult,
         shift_blocks=model.shift_blocks,
         fold_div=model.fold_div,
+        extra=dict(base.extra) if base else {},  # training metadata (shift, segments, frame stride) travels along
     )
     for key, value in overrides.items():
         setattr(info, key, value)
