@@ -21,9 +21,9 @@ import numpy as np
 
 from online_tsm.benchmarks import facts
 from online_tsm.benchmarks.artifacts import cached_artifact, model_hash
-from online_tsm.benchmarks.backends import (BACKEND_PLANS, HOST_TVM_TARGET, ONNX_TARGET, BackendPlan, RemoteSpec, backend_availability,
-                                            default_bench_backends, export_for_plan, open_for_plan,
-                                            tuning_fingerprint)
+from online_tsm.benchmarks.backends import (BACKEND_PLANS, HOST_TVM_TARGET, ONNX_TARGET, BackendPlan, RemoteSpec,
+                                            backend_availability, default_bench_backends, export_for_plan,
+                                            open_for_plan, tuning_fingerprint)
 from online_tsm.benchmarks.latency import Contestant, LatencyStats, cycle_frames, measure_interleaved, measure_stages
 from online_tsm.benchmarks.models import BenchModel, resolve_bench_model
 from online_tsm.benchmarks.reference import PAPER_ROWS, roofline_rows
@@ -383,7 +383,7 @@ def run_benchmark(cfg: BenchConfig, command: str = "tsm-bench") -> BenchReport:
     bounds = roofline_rows(cost["flops"], cost["compulsory_bytes"]) if cfg.roofline else []
     notes = [f"peak resident memory of the benchmark process: {facts.peak_rss_bytes() / 2**20:.0f} MB "
              "(all backends loaded one after another)"]
-    if cfg.threads is None and any(r.backend == "tvm" and r.status == "ok" for r in rows):
+    if cfg.threads is None and tvm_ran:
         notes.append(f"TVM ran {tvm_default_threads()} threads (this machine's physical cores): its own default on "
                      "x86 is half the logical CPUs, which assumes hyper-threading")
     if not bench.paper_setting:
