@@ -1,13 +1,14 @@
 # Two entry points, each self-contained on a fresh machine:
 #   make run   -- set up .venv and run the main job on the built-in default
 #   make test  -- set up .venv and run the test suite
+#   make test-fast -- the suite without the slow, emulation and network tests (a few minutes)
 # Re-running is fast: the venv is rebuilt only when the dependency files change.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup clean
+.PHONY: run test test-fast setup clean
 
 setup: $(STAMP)
 
@@ -21,6 +22,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not emulation and not network"
 
 clean:
 	rm -rf $(VENV) *.egg-info

