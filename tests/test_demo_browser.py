@@ -77,7 +77,7 @@ def chromium():
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,760", "--force-device-scale-factor=1"):
+                "--window-size=1280,860", "--force-device-scale-factor=1"):
         options.add_argument(arg)
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
 
@@ -123,7 +123,7 @@ def test_the_page_shows_the_live_demo(demo_server):
         wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#timeline li"))
         assert driver.find_element(By.ID, "camera-fps").text.endswith("fps")
         if os.environ.get("TSM_SCREENSHOT"):
-            wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#timeline li")) >= 3)
+            wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#timeline li")) >= 8)
             Path(os.environ["TSM_SCREENSHOT"]).write_bytes(driver.get_screenshot_as_png())
     finally:
         driver.quit()
