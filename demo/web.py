@@ -23,6 +23,7 @@ import hmac
 import ipaddress
 import json
 import socket
+import sys
 import threading
 from dataclasses import dataclass, field
 from importlib import resources
@@ -77,7 +78,6 @@ def exposure_warning(host: str, token: str | None) -> str | None:
 def desktop_available() -> bool:
     """Whether ``webbrowser`` would open a graphical browser, not a text one in this terminal."""
     import os
-    import sys
 
     if sys.platform.startswith("linux") or "bsd" in sys.platform:
         return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
@@ -180,7 +180,7 @@ class LiveView:
         app = tornado.web.Application(
             [(r"/", PageHandler), (r"/video", VideoHandler), (r"/frame\.jpg", FrameHandler),
              (r"/events", EventsHandler), (r"/info", InfoHandler), (r"/stats", StatsHandler)],
-            view=self)
+            view=self, log_function=_log_refused)
         self._server = tornado.httpserver.HTTPServer(app)
         self._server.add_sockets(self._sockets)
         self._ready.set()
@@ -266,6 +266,15 @@ class _Handler(tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Content-Type-Options", "nosniff")
+
+
+def _log_refused(handler: tornado.web.RequestHandler) -> None:
+    """One line per refused request (a wrong token, a foreign Host); successful requests are not logged."""
+    status = handler.get_status()
+    if status in (401, 403):
+        request = handler.request
+        print(f"tsm-demo: browser view refused {request.method} {request.path} from {request.remote_ip} "
+              f"({status})", file=sys.stderr, flush=True)
 
 
 def _host_name(host_header: str) -> str:
