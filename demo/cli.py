@@ -137,7 +137,7 @@ def demo_main(args: argparse.Namespace) -> int:
         raise UserError(f"--display-width must be >= 0, got {args.display_width}")
     if args.token is not None and not args.token.strip():
         raise UserError("--token must not be empty")
-    if args.token and not args.serve and args.headless:
+    if args.token and not args.serve:
         raise UserError("--token protects the browser view: pass --serve [HOST:]PORT with it")
     view = start_view(args)
     if view is None and not args.headless:
@@ -166,9 +166,9 @@ def start_view(args: argparse.Namespace) -> LiveView | None:
     if problem is None:
         return None
     try:
-        view = LiveView(DEFAULT_HOST, DEFAULT_PORT, token=args.token)
+        view = LiveView(DEFAULT_HOST, DEFAULT_PORT)
     except UserError:  # the usual port is taken: any free one will do
-        view = LiveView(DEFAULT_HOST, 0, token=args.token)
+        view = LiveView(DEFAULT_HOST, 0)
     print(f"tsm-demo: no window ({problem}); showing the live view in the browser at {view.url} "
           "(--headless: files only)", file=sys.stderr)
     if desktop_available():

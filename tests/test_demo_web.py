@@ -130,7 +130,7 @@ def test_closing_the_view_ends_the_streams_and_frees_the_port():
     again.close()
 
 
-def test_token_is_required_on_every_route():
+def test_token_is_required_on_every_route(capsys):
     view = LiveView("127.0.0.1", 0, token="s3cret")
     try:
         view.write(frame(1), record(1))
@@ -144,6 +144,8 @@ def test_token_is_required_on_every_route():
         assert view.stats.rejected == 12
     finally:
         view.close()
+    refused = capsys.readouterr().err.splitlines()
+    assert len(refused) == 12 and refused[0] == "tsm-demo: browser view refused GET / from 127.0.0.1 (401)"
 
 
 def test_a_loopback_view_refuses_other_host_names(view):
@@ -216,5 +218,4 @@ def test_option_errors(capsys):
         return err
     assert "--serve expects [HOST:]PORT" in one_line("--source", "synthetic", "--serve", "web")
     assert "--token must not be empty" in one_line("--source", "synthetic", "--serve", "0", "--token", " ")
-    assert "--token protects the browser view: pass --serve" in one_line("--source", "synthetic", "--headless",
-                                                                        "--token", "x")
+    assert "--token protects the browser view: pass --serve" in one_line("--source", "synthetic", "--token", "x")
