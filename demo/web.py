@@ -335,9 +335,9 @@ class _StreamHandler(_Handler):
                     continue
                 skipped = newest - seq - 1 if seq else 0
                 seq = newest
+                self.count(skipped)
                 self.write(data)
                 await self.flush()   # waits while this viewer is slow; the demo keeps going
-                self.count(skipped)
         except tornado.iostream.StreamClosedError:
             pass
         finally:
