@@ -161,7 +161,7 @@ def start_view(args: argparse.Namespace) -> LiveView | None:
         print(f"tsm-demo: browser view at {view.url}"
               + ("" if warning is None or host not in ("0.0.0.0", "::")
                  else f" (from other machines: http://{machine_address()}:{view.port}/"
-                      + (f"?token={args.token})" if args.token else ")")), file=sys.stderr)
+                      + (f"?{view.url.split('?', 1)[1]})" if args.token else ")")), file=sys.stderr)
         return view
     problem = None if args.headless else window_problem()
     if problem is None:

@@ -28,6 +28,7 @@ import threading
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 
 import cv2
 import numpy as np
@@ -144,7 +145,7 @@ class LiveView:
         """The address to open, with the token when one is set."""
         shown = "127.0.0.1" if self.host in ("0.0.0.0", "") else "[::1]" if self.host == "::" else \
             f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{shown}:{self.port}/" + (f"?token={self.token}" if self.token else "")
+        return f"http://{shown}:{self.port}/" + (f"?token={quote(self.token, safe='')}" if self.token else "")
 
     def write(self, image: np.ndarray, record: dict[str, Any]) -> bool:
         """Keep the newest frame and record; wake the server once (never waits for a viewer)."""
