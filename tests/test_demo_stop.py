@@ -30,6 +30,17 @@ def tiny_checkpoint(tmp_path_factory):
     return path
 
 
+@pytest.fixture
+def default_handlers():
+    """The handlers an interactive shell gives: the run under test may have inherited an ignored SIGINT."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+
+
 class SignallingSink(ListSink):
     """Sends the process ``signals`` while frame ``at`` is being written, like `kill` arriving mid-frame."""
 
@@ -46,30 +57,38 @@ class SignallingSink(ListSink):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_finishes_the_frame_then_closes_every_sink(sig):
+def test_a_signal_finishes_the_frame_then_closes_every_sink(sig, default_handlers):
     first, second = SignallingSink(4, sig), ListSink()
     before = signal.getsignal(sig)
     with StopRequest() as stop:
         summary = run_demo(ScriptedRuntime([1]), SyntheticSource(64, 48), PredictionSmoother(4), [first, second],
-                           DemoOptions(display_width=0), stop=stop)
+                           DemoOptions(display_width=0, max_frames=50), stop=stop)
     # frame 4 reached every sink (the signal arrived while the first one wrote it), then the loop ended
     assert summary.frames == 5 and len(second.records) == 5 and first.closed and second.closed
     assert summary.stopped_by == sig.name
     assert signal.getsignal(sig) is before                      # the handler is restored
 
 
-def test_a_second_signal_stops_at_once_and_the_sinks_still_close():
+def test_a_second_signal_stops_at_once_and_the_sinks_still_close(default_handlers):
     sink = SignallingSink(2, signal.SIGTERM, signal.SIGTERM)
     with StopRequest() as stop:
         summary = run_demo(ScriptedRuntime([0]), SyntheticSource(64, 48), PredictionSmoother(4), [sink],
-                           DemoOptions(display_width=0), stop=stop)
+                           DemoOptions(display_width=0, max_frames=50), stop=stop)
     assert summary.frames == 3 and sink.closed and summary.stopped_by == "SIGTERM"
 
 
-def test_a_signal_outside_the_loop_interrupts():
+def test_a_signal_outside_the_loop_interrupts(default_handlers):
     """Loading a model has nothing to finish: the signal interrupts it (the CLI then exits 130)."""
     with StopRequest(), pytest.raises(KeyboardInterrupt):
         signal.raise_signal(signal.SIGTERM)
+
+
+def test_an_ignored_signal_stays_ignored(default_handlers):
+    """A demo started in the background of a script (SIGINT ignored, as `&` does) is not stopped by Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with StopRequest():
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
 
 
 def test_sigterm_leaves_a_playable_video_and_a_complete_log(tmp_path, tiny_checkpoint):
