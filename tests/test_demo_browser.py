@@ -108,6 +108,7 @@ def test_the_page_shows_the_live_demo(demo_server):
     labels = load_demo_model("torch").runtime.labels
     driver = chromium()
     try:
+        driver.set_page_load_timeout(60)
         driver.get(url)
         wait = WebDriverWait(driver, 60)
         # the page names the shown class, one of the model's
