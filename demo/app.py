@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from online_tsm.demo.overlay import OverlayState, draw_overlay, fit_width
 from online_tsm.demo.sinks import Sink
 from online_tsm.demo.sources import FrameSource
+from online_tsm.demo.stopping import StopRequest
 from online_tsm.runtimes import Runtime
 from online_tsm.smoothing import PredictionSmoother, SmoothedPrediction
 
@@ -37,6 +38,8 @@ class DemoSummary:
     seconds: float
     inference_seconds: float
     last_label: str | None
+    stopped_by: str | None = None       # the signal that ended the run, e.g. "SIGTERM"
+    reconnects: int = 0                 # times a lost camera was reopened (the stream was reset each time)
 
     @property
     def video_fps(self) -> float:
@@ -85,9 +88,16 @@ def frame_record(index: int, time_s: float, prediction: SmoothedPrediction | Non
 
 
 def run_demo(runtime: Runtime, source: FrameSource, smoother: PredictionSmoother, sinks: Sequence[Sink],
-             options: DemoOptions | None = None) -> DemoSummary:
-    """Run until the source ends, ``max_frames`` is reached, a sink asks to stop, or Ctrl-C; closes the sinks."""
+             options: DemoOptions | None = None, stop: StopRequest | None = None) -> DemoSummary:
+    """Run until the source ends, ``max_frames`` is reached, a sink asks to stop, or a stop is requested.
+
+    ``stop`` (installed for SIGINT/SIGTERM by the CLI) ends the run after the current frame; a bare Ctrl-C
+    (:class:`KeyboardInterrupt`) ends it too.  Either way the sinks are closed, so the video and the log are
+    complete.  When a live source was reopened (``source.generation`` changed) the model's stream and the
+    smoother start over: the shift buffers hold motion from a scene that is gone.
+    """
     opts = options or DemoOptions()
+    stop = stop or StopRequest()
     if opts.every < 1:
         raise ValueError(f"--every must be >= 1, got {opts.every}")
     if smoother.n_class != runtime.n_class:
@@ -99,12 +109,19 @@ def run_demo(runtime: Runtime, source: FrameSource, smoother: PredictionSmoother
     prediction: SmoothedPrediction | None = None
     frames = inferences = 0
     inference_seconds = 0.0
+    generation = first_generation = getattr(source, "generation", 0)
     start = last = time.perf_counter()
+    stop.armed = True
     try:
-        while opts.max_frames is None or frames < opts.max_frames:
+        while (opts.max_frames is None or frames < opts.max_frames) and not stop.requested:
             image = source.read()
             if image is None:
                 break
+            if getattr(source, "generation", 0) != generation:
+                generation = source.generation
+                stream.reset()
+                smoother.reset()
+                prediction = None
             now = time.perf_counter()
             if frames:
                 video_rate.add(now - last)
@@ -132,13 +149,16 @@ def run_demo(runtime: Runtime, source: FrameSource, smoother: PredictionSmoother
             if opts.pace and not source.live:
                 _sleep_until(start + frames / source.fps)
     except KeyboardInterrupt:
-        pass  # Ctrl-C ends a camera run normally: the video and the log are still closed properly
+        stop.request("SIGINT")  # Ctrl-C ends a camera run normally: the video and the log are still closed
     finally:
-        for sink in sinks:
-            sink.close()
+        try:
+            for sink in sinks:
+                sink.close()
+        finally:
+            stop.armed = False
     last_label = labels[prediction.index] if prediction is not None and prediction.index is not None else None
     return DemoSummary(frames, inferences, source.dropped, time.perf_counter() - start, inference_seconds,
-                       last_label)
+                       last_label, stop.signal_name, generation - first_generation)
 
 
 def _sleep_until(deadline: float) -> None:

@@ -1,13 +1,19 @@
 """``tsm-demo``: real-time gesture recognition on a camera, a video, a folder of frames or synthetic frames.
 
 Thin by design: parse, check everything that can be checked before the model
-loads (output paths, window availability, the source), then hand over to
-:func:`online_tsm.demo.app.run_demo`.
+loads (output paths, window availability, the port of the browser view, the
+source), then hand over to :func:`online_tsm.demo.app.run_demo`.
+
+Where the frames are shown: an OpenCV window when there is a display and
+OpenCV has its GUI; the browser view (:mod:`online_tsm.demo.web`) with
+``--serve`` or when a window cannot be opened, so a fresh install never stops
+at "no GUI"; nothing but files with ``--headless``.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import webbrowser
 from typing import Sequence
 
 from online_tsm.cli_util import UserError, add_debug_flag, run_cli
@@ -15,7 +21,11 @@ from online_tsm.demo.app import DemoOptions, run_demo
 from online_tsm.demo.model import UNTRAINED_WARNING, default_backend, load_demo_model
 from online_tsm.demo.sinks import (LOG_SUFFIXES, SCREENSHOT_SUFFIXES, VIDEO_CODECS, ChangePrinter, JsonlSink,
                                    ScreenshotSink, Sink, VideoSink, check_output_path)
-from online_tsm.demo.sources import SOURCE_HELP, open_source
+from online_tsm.demo.sources import SOURCE_HELP, CameraLostError, open_source
+from online_tsm.demo.stopping import StopRequest
+from online_tsm.demo.web import DEFAULT_HOST, DEFAULT_PORT, LiveView, desktop_available, exposure_warning, \
+    machine_address, parse_serve_address
+from online_tsm.demo.window import window_problem
 from online_tsm.smoothing import DEFAULT_DEBOUNCE, DEFAULT_HISTORY, PredictionSmoother, default_ignored, resolve_ignored
 
 
@@ -39,6 +49,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tsm-demo", description=__doc__.splitlines()[0].split(": ", 1)[1],
@@ -55,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--queue", type=positive_int, default=1,
                      help="camera frames buffered before the oldest is dropped (default 1: always the newest)")
     src.add_argument("--seed", type=int, default=0, help="seed of synthetic frames and of untrained weights")
+    src.add_argument("--reconnect", type=seconds, default=0.0, metavar="SECONDS",
+                     help="reopen a camera that stops delivering for up to this long, with growing pauses; the "
+                          "predictions start over (default 0: stop with exit code 3)")
 
     model = p.add_argument_group("model")
     model.add_argument("--backend", default=default_backend(),
@@ -83,7 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "default model; else 1)")
 
     out = p.add_argument_group("output")
-    out.add_argument("--headless", action="store_true", help="no window (servers, SSH, CI)")
+    out.add_argument("--headless", action="store_true",
+                     help="no window and no browser view unless --serve is given (servers, SSH, CI)")
+    out.add_argument("--serve", metavar="[HOST:]PORT",
+                     help="show the live view in a browser at http://HOST:PORT/ instead of a window (HOST "
+                          f"defaults to {DEFAULT_HOST}: this machine only; 0.0.0.0 shows the camera to the "
+                          "network; PORT 0 picks a free one). Started by itself when no window can be opened")
+    out.add_argument("--token", metavar="SECRET",
+                     help="the browser view answers only requests with ?token=SECRET (401 otherwise)")
     out.add_argument("--output", metavar="FILE", help=f"write the annotated video ({', '.join(VIDEO_CODECS)}; "
                                                       "MPEG-4 Part 2, as OpenCV's wheels have no H.264 encoder)")
     out.add_argument("--log", metavar="FILE", help="write one JSON object per frame (.jsonl)")
@@ -105,50 +135,106 @@ def demo_main(args: argparse.Namespace) -> int:
         check_output_path(args.screenshot, SCREENSHOT_SUFFIXES, "screenshot")
     if args.display_width < 0:
         raise UserError(f"--display-width must be >= 0, got {args.display_width}")
-    if not args.headless:
+    if args.token is not None and not args.token.strip():
+        raise UserError("--token must not be empty")
+    if args.token and not args.serve:
+        raise UserError("--token protects the browser view: pass --serve [HOST:]PORT with it")
+    view = start_view(args)
+    if view is None and not args.headless:
         from online_tsm.demo.window import WindowSink  # only a windowed run needs HighGUI
         sinks.append(WindowSink())
+    try:
+        return run(args, sinks, view)
+    finally:
+        if view is not None:
+            view.close()  # also when the model or the source failed to open
 
-    source = open_source(args.source, width=args.width, height=args.height, fps=args.fps,
-                         queue_size=args.queue, seed=args.seed)
-    with source:
-        demo = load_demo_model(args.backend, artifact=args.artifact, weights=args.weights, seed=args.seed,
-                               threads=args.threads, address=args.address)
-        runtime = demo.runtime
-        with runtime:
-            ignored = default_ignored(runtime.labels) if args.ignore is None \
-                else resolve_ignored(args.ignore, runtime.labels)
-            pace = demo.pace
-            every = args.every or pace.every
-            history = args.history or pace.history
-            debounce = args.debounce or pace.debounce
-            smoother = PredictionSmoother(runtime.n_class, history=history, debounce=debounce, ignore=ignored)
-            if args.output:
-                sinks.append(VideoSink(args.output, source.fps, measure_fps=source.live))
-            if args.log:
-                sinks.append(JsonlSink(args.log))
-            if args.screenshot:
-                sinks.append(ScreenshotSink(args.screenshot))
-            if args.headless and not (args.output or args.log):
-                sinks.append(ChangePrinter())
-            warn = UNTRAINED_WARNING if demo.untrained else ""
-            print(f"tsm-demo: {source.description} -> {runtime.backend} ({runtime.description or 'runtime'}); "
-                  f"{demo.source}; {runtime.n_class} classes", file=sys.stderr)
-            print(f"tsm-demo: inference every {every} frame(s), logits averaged over {history}, debounce {debounce}"
-                  + ("" if (args.every, args.history, args.debounce) != (None, None, None) else f" ({pace.reason})"),
-                  file=sys.stderr)
-            if ignored:
-                print(f"tsm-demo: ignoring {', '.join(runtime.labels[i] for i in ignored)}", file=sys.stderr)
-            if demo.untrained:
-                print(f"tsm-demo: warning: {UNTRAINED_WARNING} -- predictions are meaningless; "
-                      "pass --weights or --artifact for a trained model", file=sys.stderr)
-            options = DemoOptions(every=every, max_frames=args.frames, display_width=args.display_width,
-                                  pace=not args.headless, warning=warn)
-            summary = run_demo(runtime, source, smoother, sinks, options)
+
+def start_view(args: argparse.Namespace) -> LiveView | None:
+    """The browser view: asked for with ``--serve``, or instead of a window that cannot be opened."""
+    if args.serve:
+        host, port = parse_serve_address(args.serve)
+        warning = exposure_warning(host, args.token)
+        if warning:
+            print(f"tsm-demo: {warning}", file=sys.stderr)
+        view = LiveView(host, port, token=args.token)
+        print(f"tsm-demo: browser view at {view.url}"
+              + ("" if warning is None or host not in ("0.0.0.0", "::")
+                 else f" (from other machines: http://{machine_address()}:{view.port}/"
+                      + (f"?{view.url.split('?', 1)[1]})" if args.token else ")")), file=sys.stderr)
+        return view
+    problem = None if args.headless else window_problem()
+    if problem is None:
+        return None
+    try:
+        view = LiveView(DEFAULT_HOST, DEFAULT_PORT)
+    except UserError:  # the usual port is taken: any free one will do
+        view = LiveView(DEFAULT_HOST, 0)
+    print(f"tsm-demo: no window ({problem}); showing the live view in the browser at {view.url} "
+          "(--headless: files only)", file=sys.stderr)
+    if desktop_available():
+        webbrowser.open(view.url)
+    return view
+
+
+def run(args: argparse.Namespace, sinks: list[Sink], view: LiveView | None) -> int:
+    with StopRequest() as stop:
+        source = open_source(args.source, width=args.width, height=args.height, fps=args.fps,
+                             queue_size=args.queue, seed=args.seed, reconnect=args.reconnect)
+        with source:
+            if hasattr(source, "cancel"):
+                stop.on_request.append(source.cancel)   # a stop must not wait out a camera reconnect
+            demo = load_demo_model(args.backend, artifact=args.artifact, weights=args.weights, seed=args.seed,
+                                   threads=args.threads, address=args.address)
+            runtime = demo.runtime
+            with runtime:
+                ignored = default_ignored(runtime.labels) if args.ignore is None \
+                    else resolve_ignored(args.ignore, runtime.labels)
+                pace = demo.pace
+                every = args.every or pace.every
+                history = args.history or pace.history
+                debounce = args.debounce or pace.debounce
+                smoother = PredictionSmoother(runtime.n_class, history=history, debounce=debounce, ignore=ignored)
+                if args.output:
+                    sinks.append(VideoSink(args.output, source.fps, measure_fps=source.live))
+                if args.log:
+                    sinks.append(JsonlSink(args.log))
+                if args.screenshot:
+                    sinks.append(ScreenshotSink(args.screenshot))
+                if view is not None:
+                    view.info.update(classes=list(runtime.labels), backend=runtime.backend,
+                                     source=source.description, every=every, history=history, debounce=debounce,
+                                     untrained=demo.untrained)
+                    sinks.append(view)
+                elif args.headless and not (args.output or args.log):
+                    sinks.append(ChangePrinter())
+                warn = UNTRAINED_WARNING if demo.untrained else ""
+                print(f"tsm-demo: {source.description} -> {runtime.backend} "
+                      f"({runtime.description or 'runtime'}); {demo.source}; {runtime.n_class} classes",
+                      file=sys.stderr)
+                print(f"tsm-demo: inference every {every} frame(s), logits averaged over {history}, "
+                      f"debounce {debounce}" + ("" if (args.every, args.history, args.debounce) != (None, None, None)
+                                                 else f" ({pace.reason})"), file=sys.stderr)
+                if ignored:
+                    print(f"tsm-demo: ignoring {', '.join(runtime.labels[i] for i in ignored)}", file=sys.stderr)
+                if demo.untrained:
+                    print(f"tsm-demo: warning: {UNTRAINED_WARNING} -- predictions are meaningless; "
+                          "pass --weights or --artifact for a trained model", file=sys.stderr)
+                options = DemoOptions(every=every, max_frames=args.frames, display_width=args.display_width,
+                                      pace=not args.headless or view is not None, warning=warn)
+                try:
+                    summary = run_demo(runtime, source, smoother, sinks, options, stop=stop)
+                except CameraLostError as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+                    return exc.exit_code
     written = ", ".join(str(p) for p in (args.output, args.log, args.screenshot) if p)
+    served = "" if view is None else (f"; browser view: {view.stats.frames_sent} frames sent, "
+                                      f"{view.stats.frames_skipped} skipped for slow viewers")
     print(f"tsm-demo: {summary.frames} frames in {summary.seconds:.1f} s ({summary.video_fps:.1f} fps shown; "
           f"model {summary.model_fps:.1f} inferences/s on {runtime.backend}; {summary.inferences} inferences), "
-          f"{summary.dropped} dropped" + (f"; wrote {written}" if written else ""), file=sys.stderr)
+          f"{summary.dropped} dropped" + (f", {summary.reconnects} camera reconnect(s)" if summary.reconnects else "")
+          + served + (f"; wrote {written}" if written else "")
+          + (f"; stopped by {summary.stopped_by}" if summary.stopped_by else ""), file=sys.stderr)
     return 0
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import cv2
 import numpy as np
@@ -162,27 +163,57 @@ class ThreadedReader:
         return not self._thread.is_alive()
 
 
+class CameraLostError(SourceError):
+    """A camera that stopped delivering and could not be reopened: not the end of a stream (exit code 3)."""
+
+    exit_code = 3
+
+
+def open_camera(index: int, width: int = 320, height: int = 240) -> Capture:
+    """``cv2.VideoCapture(index)`` asking for ``width`` x ``height`` and a one-frame driver buffer."""
+    with quiet_opencv():
+        capture = cv2.VideoCapture(index)
+        if not capture.isOpened():
+            capture.release()
+            raise SourceError(f"cannot open camera {index}: no such camera, or it is in use "
+                              f"(--source takes {SOURCE_HELP})")
+        capture.set(cv2.CAP_PROP_FRAME_WIDTH, width)
+        capture.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
+        capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+    return capture
+
+
 class CameraSource(FrameSource):
-    """A local camera, read on its own thread (see :class:`ThreadedReader`)."""
+    """A local camera, read on its own thread (see :class:`ThreadedReader`).
+
+    A camera that stops delivering (unplugged, a driver reset, a hung read) is
+    not the end of a stream.  It is reopened with growing pauses for up to
+    ``reconnect`` seconds; each reopening bumps :attr:`generation`, which tells
+    the demo loop to reset the model's stream, as the scene has changed.  When
+    that fails, or with ``reconnect=0``, :meth:`read` raises
+    :class:`CameraLostError`.
+    """
 
     live = True
+    first_pause = 0.25       # seconds before the second attempt to reopen; doubles up to max_pause
+    max_pause = 2.0
 
     def __init__(self, index: int, width: int = 320, height: int = 240, queue_size: int = 1,
-                 frame_timeout: float = 5.0, capture: Capture | None = None) -> None:
+                 frame_timeout: float = 5.0, capture: Capture | None = None, reconnect: float = 0.0,
+                 opener: Callable[[], Capture] | None = None,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
         self.index = index
         self.frame_timeout = frame_timeout
+        self.queue_size = queue_size
+        self.reconnect = reconnect
+        self.generation = 0          # how many times the camera was reopened
+        self._opener = opener or (lambda: open_camera(index, width, height))
+        self._clock, self._sleep = clock, sleep
+        self._cancelled = False
+        self._dropped_before = 0     # drops counted by readers of earlier generations
         if capture is None:
-            with quiet_opencv():
-                capture = cv2.VideoCapture(index)
-                if not capture.isOpened():
-                    raise SourceError(f"cannot open camera {index}: no such camera, or it is in use "
-                                      f"(--source takes {SOURCE_HELP})")
-                capture.set(cv2.CAP_PROP_FRAME_WIDTH, width)
-                capture.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
-                capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)
-                reported = capture.get(cv2.CAP_PROP_FPS)
-        else:
-            reported = 0.0
+            capture = self._opener()
+        reported = capture.get(cv2.CAP_PROP_FPS) if hasattr(capture, "get") else 0.0
         self.fps = float(reported) if reported and 1 <= reported <= 240 else 30.0
         ok, first = capture.read()
         if not ok or first is None:
@@ -194,7 +225,7 @@ class CameraSource(FrameSource):
 
     @property
     def dropped(self) -> int:
-        return self._reader.dropped
+        return self._dropped_before + self._reader.dropped
 
     def read(self) -> np.ndarray | None:
         if self._first is not None:  # the probe frame; the thread starts only when the loop does
@@ -202,15 +233,62 @@ class CameraSource(FrameSource):
             self._reader.start()
             return frame
         try:
-            return self._reader.get(timeout=self.frame_timeout)
+            frame = self._reader.get(timeout=self.frame_timeout)
+            problem = "stopped delivering frames (unplugged?)"
         except TimeoutError:
-            raise SourceError(f"camera {self.index} delivered no frame for {self.frame_timeout:g} s") from None
+            frame, problem = None, f"delivered no frame for {self.frame_timeout:g} s"
+        if frame is not None or self._cancelled:
+            return frame
+        return self._reopen(problem)
 
-    def close(self) -> None:
+    def cancel(self) -> None:
+        """Give up waiting for the camera (a stop was requested): :meth:`read` returns ``None``."""
+        self._cancelled = True
+
+    def _reopen(self, problem: str) -> np.ndarray | None:
+        self._release_reader()
+        lost = self._reader
+        if self.reconnect <= 0:
+            raise CameraLostError(f"camera {self.index} {problem}; pass --reconnect SECONDS to keep trying")
+        print(f"tsm-demo: camera {self.index} {problem}; reopening it for up to {self.reconnect:g} s",
+              file=sys.stderr, flush=True)
+        start = self._clock()
+        deadline = start + self.reconnect
+        pause = self.first_pause
+        last_error = problem
+        while not self._cancelled:
+            try:
+                capture = self._opener()
+                ok, first = capture.read()
+                if ok and first is not None:
+                    self._dropped_before += lost.dropped
+                    self._reader = ThreadedReader(capture, maxsize=self.queue_size).start()
+                    self.generation += 1
+                    print(f"tsm-demo: camera {self.index} is back after {self._clock() - start:.1f} s; "
+                          "predictions start over", file=sys.stderr, flush=True)
+                    return first
+                capture.release()
+                last_error = "it opened but delivered no frame"
+            except SourceError as exc:
+                last_error = str(exc).split(" (--source")[0]
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                break
+            self._sleep(min(pause, remaining))
+            pause = min(pause * 2, self.max_pause)
+        if self._cancelled:
+            return None
+        raise CameraLostError(f"camera {self.index} {problem} and could not be reopened within "
+                              f"{self.reconnect:g} s (last try: {last_error})")
+
+    def _release_reader(self) -> None:
         # Releasing a capture while its thread is still inside read() can crash the driver; a read hung
         # that long belongs to a dead camera, and the daemon thread goes with the process.
         if self._reader.stop():
             self._reader.capture.release()
+
+    def close(self) -> None:
+        self._release_reader()
 
 
 class VideoFileSource(FrameSource):
@@ -294,13 +372,13 @@ class SyntheticSource(FrameSource):
 
 
 def open_source(spec: str, *, width: int = 320, height: int = 240, fps: float = 30.0, queue_size: int = 1,
-                seed: int = 0) -> FrameSource:
+                seed: int = 0, reconnect: float = 0.0) -> FrameSource:
     """``spec`` is ``synthetic``, a camera index, a folder of frames or a video file (checked in that order)."""
     spec = str(spec).strip()
     if spec.lower() == "synthetic":
         return SyntheticSource(width, height, seed=seed, fps=fps)
     if spec.isdigit():
-        return CameraSource(int(spec), width, height, queue_size=queue_size)
+        return CameraSource(int(spec), width, height, queue_size=queue_size, reconnect=reconnect)
     path = Path(spec).expanduser()
     if path.is_dir():
         return FolderSource(path, fps=fps)

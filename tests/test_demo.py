@@ -176,19 +176,37 @@ def test_empty_folder(tmp_path, capsys):
     assert "no image files" in run_error(capsys, "--source", str(tmp_path), "--headless")
 
 
-def test_window_without_display_suggests_headless(monkeypatch, capsys):
+def test_without_a_display_the_browser_view_starts_instead(small_checkpoint, monkeypatch, capsys):
+    """No dead end: no window possible -> the live view on 127.0.0.1; no desktop, so no browser is started."""
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-    err = run_error(capsys, "--source", "synthetic")
-    assert "use --headless" in err
+    opened = []
+    monkeypatch.setattr("webbrowser.open", lambda url, *a, **k: opened.append(url))
+    assert cli.main(["--source", "synthetic", "--weights", str(small_checkpoint), "--frames", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "no window (no display to open a window on (DISPLAY is not set)); showing the live view in the " \
+           "browser at http://127.0.0.1:" in err
+    assert "3 frames" in err and opened == []
 
 
 @pytest.mark.skipif(not re.search(r"GUI:\s+NONE", cv2.getBuildInformation()),
                     reason="this OpenCV has a GUI")
-def test_window_without_gui_support_suggests_headless(monkeypatch, capsys):
+def test_on_a_desktop_without_opencv_gui_the_browser_view_opens(small_checkpoint, monkeypatch, capsys):
     monkeypatch.setenv("DISPLAY", ":0")
-    err = run_error(capsys, "--source", "synthetic")
-    assert "no GUI support (opencv-python-headless?)" in err and "use --headless" in err
+    opened = []
+    monkeypatch.setattr("webbrowser.open", lambda url, *a, **k: opened.append(url))
+    assert cli.main(["--source", "synthetic", "--weights", str(small_checkpoint), "--frames", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "no window (this OpenCV build has no GUI support (opencv-python-headless?)" in err
+    url = re.search(r"browser at (http://127\.0\.0\.1:\d+/)", err).group(1)
+    assert opened == [url]
+
+
+def test_headless_keeps_its_meaning(small_checkpoint, monkeypatch, capsys):
+    """--headless: files only, even where no window could be opened."""
+    monkeypatch.delenv("DISPLAY", raising=False)
+    assert cli.main(["--source", "synthetic", "--headless", "--weights", str(small_checkpoint), "--frames", "2"]) == 0
+    assert "browser" not in capsys.readouterr().err
 
 
 def test_bad_output_names(tmp_path, capsys):

@@ -18,7 +18,7 @@ LABELS = ["zero", "one", "two", "three"]
 
 
 class ScriptedRuntime(Runtime):
-    """Returns the next scripted logits on each step, whatever the frame; counts the steps."""
+    """Returns the next scripted logits on each step, whatever the frame; counts the steps and fresh states."""
 
     backend = "scripted"
 
@@ -26,8 +26,10 @@ class ScriptedRuntime(Runtime):
         super().__init__(labels=LABELS, input_size=16, frame_shape=(1, 3, 16, 16))
         self.script = list(script)
         self.steps = 0
+        self.zero_states = 0
 
     def _zero_state(self, batch: int = 1) -> Any:  # works with and without the batch argument
+        self.zero_states += 1
         return None
 
     def _run(self, frames: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
@@ -94,6 +96,32 @@ def test_ctrl_c_ends_the_run_cleanly():
     sink = ListSink()
     summary = run_demo(ScriptedRuntime([3]), InterruptedSource(5), PredictionSmoother(4), [sink])
     assert summary.frames == 5 and sink.closed and summary.last_label == "three"
+
+
+class ReopenedSource(FrameSource):
+    """A camera that was reopened before frame ``at`` (what CameraSource does after an unplug)."""
+
+    live = True
+
+    def __init__(self, at: int) -> None:
+        self.inner, self.at, self.i, self.generation = SyntheticSource(64, 48), at, 0, 0
+
+    def read(self):
+        if self.i == self.at:
+            self.generation += 1
+        self.i += 1
+        return self.inner.read()
+
+
+def test_a_reopened_camera_resets_the_stream_and_the_smoother():
+    """After a reconnect the scene is new: no shift buffer or averaged logit from before may leak into it."""
+    runtime = ScriptedRuntime([1, 1, 1, 2, 2, 2])
+    sink = ListSink()
+    summary = run_demo(runtime, ReopenedSource(at=3), PredictionSmoother(4, history=3, debounce=1), [sink],
+                       DemoOptions(max_frames=6, display_width=0))
+    assert runtime.zero_states == 2 and summary.reconnects == 1      # new_stream, then one reset
+    # frame 3 sees only its own logits (class 2); without the reset the average of 1,1,2 would still show "one"
+    assert [r["label"] for r in sink.records] == ["one"] * 3 + ["two"] * 3
 
 
 def test_smoother_must_match_the_model():

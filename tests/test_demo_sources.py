@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from online_tsm.demo.sources import (CameraSource, FolderSource, SourceError, SyntheticSource, ThreadedReader,
-                                     VideoFileSource, natural_key, open_source)
+from online_tsm.demo.sources import (CameraLostError, CameraSource, FolderSource, SourceError, SyntheticSource,
+                                     ThreadedReader, VideoFileSource, natural_key, open_source)
 
 
 def numbered(i: int) -> np.ndarray:
@@ -108,7 +108,9 @@ def test_camera_source_reads_on_its_thread_and_counts_drops():
     source._reader._thread.join(5)
     assert source.read()[0, 0, 0] == 29
     assert source.dropped == 28
-    assert source.read() is None
+    with pytest.raises(CameraLostError, match=r"camera 0 stopped delivering frames \(unplugged\?\); "
+                                              "pass --reconnect SECONDS to keep trying"):
+        source.read()                           # an unplugged camera is not the end of a stream
     source.close()
     assert cap.released
 
@@ -123,8 +125,73 @@ def test_camera_that_stalls_is_reported():
     cap.gate.release()
     source = CameraSource(1, capture=cap, frame_timeout=0.1)
     source.read()
-    with pytest.raises(SourceError, match="camera 1 delivered no frame for 0.1 s"):
+    with pytest.raises(CameraLostError, match="camera 1 delivered no frame for 0.1 s"):
         source.read()
+    source.close()
+
+
+class FakeClock:
+    """Time that moves only when the code under test sleeps: backoff is checked without waiting for it."""
+
+    def __init__(self) -> None:
+        self.now, self.pauses = 100.0, []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        self.now += seconds
+
+
+def unplugged(index: int = 0):
+    raise SourceError(f"cannot open camera {index}: no such camera, or it is in use (--source takes ...)")
+
+
+def test_lost_camera_is_reopened_with_backoff_and_a_new_generation(capsys):
+    """Unplugged after 3 frames, absent for two tries, then back: frames go on from the new capture."""
+    clock = FakeClock()
+    openings = iter([unplugged, unplugged, lambda: BurstCapture(4)])
+    source = CameraSource(0, capture=BurstCapture(3), queue_size=10, reconnect=30, opener=lambda: next(openings)(),
+                          clock=clock, sleep=clock.sleep)
+    assert [source.read()[0, 0, 0] for _ in range(3)] == [0, 1, 2] and source.generation == 0
+    assert source.read()[0, 0, 0] == 0             # the new camera's first frame
+    assert source.generation == 1 and clock.pauses == [0.25, 0.5]
+    err = capsys.readouterr().err
+    assert "camera 0 stopped delivering frames (unplugged?); reopening it for up to 30 s" in err
+    assert "camera 0 is back after 0.8 s; predictions start over" in err
+    source.close()
+
+
+def test_lost_camera_gives_up_after_reconnect_seconds():
+    clock = FakeClock()
+    source = CameraSource(2, capture=BurstCapture(1), reconnect=3, opener=lambda: unplugged(2),
+                          clock=clock, sleep=clock.sleep)
+    source.read()
+    with pytest.raises(CameraLostError, match=r"camera 2 stopped delivering frames \(unplugged\?\) and could not "
+                                              r"be reopened within 3 s \(last try: cannot open camera 2: no such "
+                                              r"camera, or it is in use\)$") as info:
+        source.read()
+    assert info.value.exit_code == 3
+    assert clock.pauses == [0.25, 0.5, 1.0, 1.25]   # doubling, the last one cut at the deadline
+    source.close()
+
+
+def test_a_stop_request_ends_a_reconnect_wait():
+    clock = FakeClock()
+    source = CameraSource(0, capture=BurstCapture(1), reconnect=60, opener=unplugged, clock=clock,
+                          sleep=lambda s: (clock.sleep(s), source.cancel()))
+    source.read()
+    assert source.read() is None and clock.pauses == [0.25]
+    source.close()
+
+
+def test_a_stalled_camera_is_reopened_too():
+    cap = GatedCapture()
+    cap.gate.release()
+    source = CameraSource(1, capture=cap, frame_timeout=0.1, reconnect=5, opener=lambda: BurstCapture(2))
+    source.read()
+    assert source.read()[0, 0, 0] == 0 and source.generation == 1
     source.close()
 
 
