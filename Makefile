@@ -18,7 +18,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m online_tsm.quickstart
+	$(PY) -m online_tsm.apps.quickstart
 
 test: $(STAMP)
 	$(PY) -m pytest -q

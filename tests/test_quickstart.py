@@ -2,8 +2,9 @@
 import pytest
 
 from helpers import seeded_model
-from online_tsm import quickstart, save_checkpoint
-from online_tsm.quickstart import main
+from online_tsm import save_checkpoint
+from online_tsm.apps import quickstart
+from online_tsm.apps.quickstart import main
 from online_tsm.synthetic import GESTURES
 
 

@@ -24,8 +24,8 @@ from online_tsm.cli_util import UserError, add_debug_flag, run_cli
 from online_tsm.labels import default_labels
 from online_tsm.models import MobileNetV2TSM
 from online_tsm.pacing import pace_from_metadata
-from online_tsm.preprocess import preprocess_frame
-from online_tsm.smoothing import PredictionSmoother
+from online_tsm.runtimes import open_runtime
+from online_tsm.smoothing import PredictionSmoother, softmax
 from online_tsm.synthetic import GESTURES, MOTIONS, synthetic_frames
 from online_tsm.weights import DEFAULT_ASSET, DEFAULT_NAME, default_weights
 
@@ -60,22 +60,21 @@ def stream(model: MobileNetV2TSM, n_frames: int, labels: list[str], motion: str 
     pace = pace_from_metadata(getattr(getattr(model, "info", None), "extra", None))
     smoother = PredictionSmoother(len(labels), history=pace.history, debounce=pace.debounce)
     print(f"inference on every {pace.every} frame(s), logits averaged over {pace.history} steps ({pace.reason})")
-    buffers = model.init_buffers()
+    runtime = open_runtime(model, "torch")
+    video = runtime.new_stream()
     shown = ""
-    with torch.inference_mode():
-        for t, frame in enumerate(synthetic_frames(n_frames, motion=motion)):
-            if t % pace.every:
-                continue
-            start = time.perf_counter()
-            x = torch.from_numpy(preprocess_frame(frame, model.input_size))[None]
-            logits, *buffers = model(x, *buffers)
-            elapsed = (time.perf_counter() - start) * 1e3
-            prob = torch.softmax(logits[0], 0)
-            top = int(prob.argmax())
-            prediction = smoother.update(logits[0].numpy())
-            shown = labels[prediction.index] if prediction.index is not None else ""
-            print(f"frame {t:3d}  top-1 {labels[top]:<28s} p={float(prob[top]):.3f}  smoothed {shown:<28s} "
-                  f"{elapsed:6.1f} ms")
+    for t, frame in enumerate(synthetic_frames(n_frames, motion=motion)):
+        if t % pace.every:
+            continue
+        start = time.perf_counter()
+        logits = video.step(runtime.preprocess(frame))
+        elapsed = (time.perf_counter() - start) * 1e3
+        prob = softmax(logits)
+        top = int(prob.argmax())
+        prediction = smoother.update(logits)
+        shown = labels[prediction.index] if prediction.index is not None else ""
+        print(f"frame {t:3d}  top-1 {labels[top]:<28s} p={float(prob[top]):.3f}  smoothed {shown:<28s} "
+              f"{elapsed:6.1f} ms")
     return shown
 
 
@@ -126,7 +125,7 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m online_tsm.quickstart", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m online_tsm.apps.quickstart", description=__doc__.splitlines()[0])
     parser.add_argument("--weights", help="checkpoint path or weights name (default: the built-in default model)")
     parser.add_argument("--frames", type=int, default=32,
                         help="frames of the streamed clip (default 32, about one gesture at 30 fps)")
