@@ -16,11 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from online_tsm.checkpoint import load_model, model_info
 from online_tsm.labels import JESTER_LABELS
-from online_tsm.models import MobileNetV2TSM
+from online_tsm.models import MobileNetV2TSM, seeded_model
 from online_tsm.weights import DEFAULT_NAME, cache_dir, default_weights, find_entry
 
 PAPER_INPUT_SIZE = 224
@@ -56,8 +54,7 @@ def jester_cached() -> bool:
 
 
 def random_paper_model(seed: int = 0, input_size: int = PAPER_INPUT_SIZE) -> MobileNetV2TSM:
-    torch.manual_seed(seed)
-    model = MobileNetV2TSM(n_class=len(JESTER_LABELS), width_mult=PAPER_WIDTH, input_size=input_size)
+    model = seeded_model(seed, n_class=len(JESTER_LABELS), width_mult=PAPER_WIDTH, input_size=input_size)
     model.info = model_info(model, labels=list(JESTER_LABELS))
     return model.eval()
 

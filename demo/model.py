@@ -11,12 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from online_tsm.checkpoint import model_info
 from online_tsm.cli_util import UserError
 from online_tsm.labels import JESTER_LABELS
-from online_tsm.models import MobileNetV2TSM
+from online_tsm.models import MobileNetV2TSM, seeded_model
 from online_tsm.pacing import UPSTREAM_PACE, StreamPace, pace_from_metadata
 from online_tsm.runtimes import BACKENDS, Runtime, open_runtime
 from online_tsm.weights import DEFAULT_NAME, default_weights
@@ -40,26 +38,11 @@ class DemoModel:
 
 
 def random_model(seed: int = 0, n_class: int = len(JESTER_LABELS)) -> MobileNetV2TSM:
-    """A reproducible untrained model with Jester's label set.
+    """A reproducible untrained model with Jester's label set (logits of order 1, so the overlay moves).
 
-    The stock initialisation, run in eval mode, shrinks the signal to nothing
-    (logits ~1e-9, every class at 1/n_class) and the overlay would never move.
-    He-scaled weights and random BatchNorm statistics keep logits of order 1,
-    so labels change with the frames and the smoothing can be seen at work.
-    The predictions mean nothing either way.
+    The predictions mean nothing: it stands in when no trained weights ship.
     """
-    gen = torch.Generator().manual_seed(seed)
-    model = MobileNetV2TSM(n_class=n_class).eval()
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if not torch.is_floating_point(tensor):
-                continue
-            if name.endswith("running_var") or (tensor.dim() == 1 and name.endswith("weight")):
-                tensor.copy_(torch.rand(tensor.shape, generator=gen) * 0.5 + 0.75)
-            elif name.endswith("running_mean") or name.endswith("bias"):
-                tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.1)
-            else:
-                tensor.copy_(torch.randn(tensor.shape, generator=gen) * (2.0 / tensor[0].numel()) ** 0.5)
+    model = seeded_model(seed, n_class=n_class)
     model.info = model_info(model)
     return model
 
