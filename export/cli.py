@@ -77,13 +77,18 @@ def _export_main(args: argparse.Namespace) -> int:
         return 0
     if not args.target:
         raise UserError("--target is required (one of the rows of tsm-export --list-targets)")
-    get_target(args.target)  # unknown target: one line, before loading anything
+    row = get_target(args.target)  # unknown target: one line, before loading anything
     if not args.output:
         raise UserError("-o/--output DIR is required (the artifact folder to write)")
+    import importlib
+
     from online_tsm.export.api import export_artifact
     from online_tsm.export.folded import parse_camera_size
 
     camera = parse_camera_size(args.camera_size)
+    if row.packager:  # a serving layout around the artifact (e.g. a Triton model repository)
+        module, function = row.packager.split(":")
+        export_artifact = getattr(importlib.import_module(module), function)
     out = export_artifact(args.weights or _default_weights(), args.target, args.output, input_size=args.input_size,
                           opset=args.opset, fold_preprocess=args.fold_preprocess, tune=args.tune, force=args.force,
                           shift=args.shift, progress=not args.quiet, camera_size=camera,
