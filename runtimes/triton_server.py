@@ -206,8 +206,9 @@ class TritonServer:
         try:
             while time.monotonic() < deadline:
                 if self.process is None or self.process.poll() is not None:
-                    raise ServerError(f"tritonserver exited (code {self.process.returncode if self.process else '?'})"
-                                      f": {self.log_tail()}")
+                    tail = self.log_tail()
+                    self.stop()
+                    raise ServerError(f"tritonserver exited while starting: {tail}")
                 try:
                     if client.is_server_ready(client_timeout=2) and all(
                             client.is_model_ready(m, client_timeout=2) for m in self.served):
@@ -217,15 +218,18 @@ class TritonServer:
                 time.sleep(0.3)
         finally:
             client.close()
+        tail = self.log_tail()
         self.stop()
-        raise ServerError(f"tritonserver was not ready within {timeout_s:g} s: {self.log_tail()}")
+        raise ServerError(f"tritonserver was not ready within {timeout_s:g} s: {tail}")
 
     def log_tail(self, lines: int = 3) -> str:
         if self.log_path is None or not Path(self.log_path).is_file():
             return "no log"
         text = Path(self.log_path).read_text(errors="replace").strip().splitlines()
-        useful = [line for line in text if "error" in line.lower() or line.startswith("E")] or text
-        return " | ".join(useful[-lines:]) + f" (log: {self.log_path})"
+        useful = [line for line in text if line.startswith("E") and "CudaDriverHelper" not in line] or text
+        kept = "" if self._work is not None and self._work in Path(self.log_path).parents else \
+            f" (log: {self.log_path})"
+        return " | ".join(line.strip()[:400] for line in useful[-lines:]) + kept
 
     def stop(self, timeout_s: float = 20.0) -> int | None:
         """SIGTERM (Triton unloads its models and exits), SIGKILL after ``timeout_s``; the exit code."""
@@ -242,8 +246,6 @@ class TritonServer:
         if self._log is not None:
             self._log.close()
             self._log = None
-        if self._work is not None and self.log_path is not None and self._work in Path(self.log_path).parents:
-            self.log_path = None
         if self._work is not None:
             shutil.rmtree(self._work, ignore_errors=True)
             self._work = None
