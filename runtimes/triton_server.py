@@ -190,7 +190,7 @@ class TritonServer:
                f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}", f"--http-address={self.host}",
                f"--http-port={self.http_port}", f"--metrics-address={self.host}",
                f"--metrics-port={self.metrics_port}", "--allow-gpu-metrics=false", "--allow-cpu-metrics=false",
-               "--exit-on-error=true", "--strict-readiness=true", "--exit-timeout-secs=5"]
+               "--exit-on-error=true", "--strict-readiness=true", "--exit-timeout-secs=20"]
         self.log_path = self.log_path or self._work / "tritonserver.log"
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
@@ -231,7 +231,7 @@ class TritonServer:
             f" (log: {self.log_path})"
         return " | ".join(line.strip()[:400] for line in useful[-lines:]) + kept
 
-    def stop(self, timeout_s: float = 20.0) -> int | None:
+    def stop(self, timeout_s: float = 40.0) -> int | None:
         """SIGTERM (Triton unloads its models and exits), SIGKILL after ``timeout_s``; the exit code."""
         code = None
         if self.process is not None:
