@@ -86,13 +86,14 @@ def _export_main(args: argparse.Namespace) -> int:
     from online_tsm.export.folded import parse_camera_size
 
     camera = parse_camera_size(args.camera_size)
-    if row.packager:  # a serving layout around the artifact (e.g. a Triton model repository)
+    export = export_artifact
+    if row.packager:  # the row names a serving layout around the artifact (a Triton model repository)
         module, function = row.packager.split(":")
-        export_artifact = getattr(importlib.import_module(module), function)
-    out = export_artifact(args.weights or _default_weights(), args.target, args.output, input_size=args.input_size,
-                          opset=args.opset, fold_preprocess=args.fold_preprocess, tune=args.tune, force=args.force,
-                          shift=args.shift, progress=not args.quiet, camera_size=camera,
-                          color_order=args.camera_order, library=args.library)
+        export = getattr(importlib.import_module(module), function)
+    out = export(args.weights or _default_weights(), args.target, args.output, input_size=args.input_size,
+                 opset=args.opset, fold_preprocess=args.fold_preprocess, tune=args.tune, force=args.force,
+                 shift=args.shift, progress=not args.quiet, camera_size=camera, color_order=args.camera_order,
+                 library=args.library)
     print(out)
     return 0
 
