@@ -214,7 +214,8 @@ def repository_readme(manifest: Manifest, name: str) -> str:
 Every camera is one Triton sequence (correlation id): send its frames in order with the same
 sequence_id, sequence_start=True on its first frame (and after a scene cut), sequence_end=True on
 its last. Concurrent cameras are batched by the sequence batcher's oldest strategy (up to
-{MAX_BATCH} per step). A camera silent for {IDLE_MICROSECONDS // 1_000_000} s loses its shift buffers and must start again.
+{MAX_BATCH} per step). A camera silent for {IDLE_MICROSECONDS // 1_000_000} s loses its shift buffers and must
+start again.
 Input "{frame.name}" {frame.dtype} {frame.shape[1:]}; output "{logits.name}" {logits.dtype} {logits.shape[1:]}.
 
 Models
