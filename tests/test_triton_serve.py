@@ -188,3 +188,12 @@ def test_killed_server_gives_a_clear_error_not_a_hang(repo, local):
         rt.close()  # best effort: must not raise or hang with the server gone
     finally:
         server.stop()
+
+
+def test_folder_without_models_is_one_line(tmp_path, capsys):
+    from online_tsm.runtimes import serve_cli
+
+    assert serve_cli.main([str(tmp_path), "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {tmp_path} is not a Triton model repository (no <model>/config.pbtxt); write one with "
+                   "tsm-export --target triton -o REPO\n")
