@@ -14,7 +14,8 @@ setup: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,serve]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt --no-deps nvidia-pytriton
 	@touch $(STAMP)
 
 run: $(STAMP)

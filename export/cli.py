@@ -77,17 +77,23 @@ def _export_main(args: argparse.Namespace) -> int:
         return 0
     if not args.target:
         raise UserError("--target is required (one of the rows of tsm-export --list-targets)")
-    get_target(args.target)  # unknown target: one line, before loading anything
+    row = get_target(args.target)  # unknown target: one line, before loading anything
     if not args.output:
         raise UserError("-o/--output DIR is required (the artifact folder to write)")
+    import importlib
+
     from online_tsm.export.api import export_artifact
     from online_tsm.export.folded import parse_camera_size
 
     camera = parse_camera_size(args.camera_size)
-    out = export_artifact(args.weights or _default_weights(), args.target, args.output, input_size=args.input_size,
-                          opset=args.opset, fold_preprocess=args.fold_preprocess, tune=args.tune, force=args.force,
-                          shift=args.shift, progress=not args.quiet, camera_size=camera,
-                          color_order=args.camera_order, library=args.library)
+    export = export_artifact
+    if row.packager:  # the row names a serving layout around the artifact (a Triton model repository)
+        module, function = row.packager.split(":")
+        export = getattr(importlib.import_module(module), function)
+    out = export(args.weights or _default_weights(), args.target, args.output, input_size=args.input_size,
+                 opset=args.opset, fold_preprocess=args.fold_preprocess, tune=args.tune, force=args.force,
+                 shift=args.shift, progress=not args.quiet, camera_size=camera, color_order=args.camera_order,
+                 library=args.library)
     print(out)
     return 0
 

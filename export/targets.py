@@ -23,7 +23,9 @@ class ExportTarget:
     for (``None``: this machine).  ``linker`` names the cross compiler that
     turns the objects into a shared library; ``linker_env`` an environment
     variable that overrides it (Android's NDK clang).  ``layout``: the data
-    layout the CPU convolutions are scheduled in.
+    layout the CPU convolutions are scheduled in.  ``packager``
+    (``module:function``) lays the exported artifact out for a serving system
+    (a Triton model repository); ``None``: the artifact folder is the output.
     """
 
     name: str
@@ -38,6 +40,7 @@ class ExportTarget:
     library_glibc: bool = True
     device_notes: str = ""
     aliases: tuple[str, ...] = field(default=())
+    packager: str | None = None
 
     @property
     def cross(self) -> bool:
@@ -130,6 +133,15 @@ TARGETS: tuple[ExportTarget, ...] = (
         kind="onnx",
         description="ONNX only (ONNX Runtime, TensorRT on the device, ...); no compilation",
         device_notes="any ONNX runtime; verify runs it with ONNX Runtime here",
+    ),
+    ExportTarget(
+        name="triton",
+        kind="onnx",
+        description="Triton Inference Server model repository: one sequence per camera (python and "
+                    "onnxruntime backends)",
+        device_notes="tsm-serve REPO serves it here (pip install 'online-tsm[serve]'); clients use "
+                     "open_runtime(REPO, backend='triton', address=HOST:PORT)",
+        packager="online_tsm.export.triton:export_repository",
     ),
 )
 

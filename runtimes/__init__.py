@@ -24,13 +24,15 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "tvm": ("online_tsm.runtimes.tvm_backend", "TvmRuntime"),
     "tvm-rpc": ("online_tsm.runtimes.tvm_rpc_backend", "TvmRpcRuntime"),
     "tensorrt": ("online_tsm.runtimes.tensorrt_backend", "TensorRtRuntime"),
+    "triton": ("online_tsm.runtimes.triton_backend", "TritonRuntime"),
 }
 
 
 def open_runtime(source: Any, backend: str = "auto", **options: Any) -> Runtime:
     """Open ``source`` -- an export folder, or weights (file, registry name, model) for ``torch`` -- with ``backend``.
 
-    Options go to the backend: ``threads`` (all), ``address="HOST:PORT"`` (tvm-rpc),
+    Options go to the backend: ``threads`` (all), ``address="HOST:PORT"`` (tvm-rpc, triton; ``model``,
+    ``timeout`` for triton),
     ``fp16`` (tensorrt), ``batched`` (onnxruntime), ``device`` (torch).
     """
     if backend not in BACKENDS:

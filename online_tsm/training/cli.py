@@ -90,7 +90,10 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from online_tsm.training.loop import TrainConfig, train
+    from online_tsm.training import distributed
+    from online_tsm.training.loop import TrainConfig, log, train
+
+    world = distributed.setup()  # under torchrun: join the process group; else one process
 
     cfg = TrainConfig(
         data=args.data, data_format=args.data_format, out=Path(args.out), segments=args.segments, shift=args.shift,
@@ -102,9 +105,16 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         augment=not args.no_augment,
         train_clips=args.train_clips, val_clips=args.val_clips, train_list=args.train_list,
         val_list=args.val_list, labels_file=args.labels_file, frames_dir=args.frames_dir,
-        progress=not args.no_progress, command="tsm-train " + shlex.join(argv))
-    result = train(cfg)
-    print(f"best checkpoint: {result.checkpoint} (epoch {result.best_epoch}, val top-1 {result.best_top1:.3f})")
+        progress=not args.no_progress and world.is_main, command="tsm-train " + shlex.join(argv))
+    try:
+        if world.distributed:
+            log(world.describe())
+            distributed.local_batch(args.batch_size)  # a batch that does not split: refused before any work
+        result = train(cfg)
+    finally:
+        distributed.teardown()
+    if world.is_main:
+        print(f"best checkpoint: {result.checkpoint} (epoch {result.best_epoch}, val top-1 {result.best_top1:.3f})")
     return 0
 
 

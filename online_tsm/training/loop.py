@@ -28,6 +28,7 @@ from online_tsm.preprocess import IMAGENET_MEAN, IMAGENET_STD, resize_size
 from online_tsm.shift import SHIFT_MODES
 from online_tsm.synthetic import DIRECTION_PAIRS, GESTURES
 from online_tsm.training import data as data_mod
+from online_tsm.training import distributed
 from online_tsm.training.augment import EvalTransform, TrainAugment, flip_label_map
 from online_tsm.training.dataset import ClipDataset
 from online_tsm.training.evaluate import EvalResult, evaluate, pair_accuracy, save_confusion
@@ -119,7 +120,8 @@ class TrainResult:
 
 
 def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    if distributed.world().is_main:  # one log for a distributed run: rank 0's
+        print(message, file=sys.stderr, flush=True)
 
 
 # -- data ----------------------------------------------------------------------------------
@@ -259,6 +261,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                        else EvalTransform(input_size, mean, std))
     train_loader = make_loader(split.train, cfg, train_transform, True)
     val_loader = make_loader(split.val, cfg, EvalTransform(input_size, mean, std), False) if split.val else None
+    train_loader = distributed.shard_train_loader(train_loader, cfg.seed)  # no-op in one process
+    val_shard = distributed.shard_eval_loader(val_loader)
     log(f"model: MobileNetV2 TSM width {model.width_mult}, {input_size}x{input_size}, {cfg.segments} segments, "
         f"shift {cfg.shift}, {len(model.shift_blocks)} shifted blocks; {how}"
         + ("; backbone frozen" if cfg.freeze_backbone else ""))
@@ -278,6 +282,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    forward = distributed.clip_forward(model, cfg.shift)  # through DistributedDataParallel when distributed
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
     history: list[EpochStats] = []
@@ -287,6 +292,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
         train_loader.dataset.set_epoch(epoch)
+        distributed.set_epoch(train_loader, epoch)
         _set_train_mode(model, cfg.freeze_backbone)
         loss_sum, correct, seen = 0.0, 0, 0
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, unit="batch",
@@ -294,7 +300,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         for clips, y in bar:
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, total_steps, warmup, lr)
-            logits = model.forward_clip(clips, cfg.shift).mean(1)
+            logits = forward(clips).mean(1)
             loss = loss_fn(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -306,9 +312,10 @@ def train(cfg: TrainConfig) -> TrainResult:
             seen += len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         bar.close()
-        if val_loader is not None:
-            val = evaluate(model, val_loader, ("clip",), cfg.shift, cfg.progress, len(val_loader),
-                           desc="validation")["clip"]
+        loss_sum, correct, seen = distributed.sum_over_ranks(loss_sum, correct, seen)
+        if val_shard is not None:
+            val = distributed.gather_result(evaluate(model, val_shard, ("clip",), cfg.shift, cfg.progress,
+                                                     len(val_shard), desc="validation")["clip"])
             top1, top5 = val.top1, val.top5
         else:
             top1 = top5 = float("nan")
@@ -320,8 +327,11 @@ def train(cfg: TrainConfig) -> TrainResult:
             f"val top-1 {top1:.3f} top-5 {top5:.3f} | {stats.seconds:.0f} s" + ("  * best" if improved else ""))
         if improved:
             best, best_epoch = (top1 if val_loader is not None else best), epoch
-            _save(model, ckpt, labels, cfg, epoch, top1, top5, split.description, frame_stride)
+            if distributed.world().is_main:
+                _save(model, ckpt, labels, cfg, epoch, top1, top5, split.description, frame_stride)
 
+    if not distributed.world().is_main:
+        return TrainResult(ckpt, labels, best_epoch, None, history)  # rank 0 evaluates and writes the files
     if val_loader is None:
         log("warning: no validation clips; saved the last epoch without accuracy figures")
         return TrainResult(ckpt, labels, best_epoch, None, history)
