@@ -6,7 +6,7 @@ a model that averages per-frame logits (TSN) cannot tell a pair apart however
 long it trains, while the same network with the causal shift can.  Both are
 trained with the same seeded recipe by the ``tsm-train`` command line (the
 commands of the README's table), in two processes side by side, one torch
-thread each: about four minutes on two idle cores.
+thread each.
 
 Training follows each CPU's float rounding (AVX2 and AVX-512 kernels differ),
 so the recipe trains past the steep part of its learning curve and the
@@ -26,8 +26,8 @@ pytestmark = pytest.mark.slow
 
 # A tiny model (width 0.25, 32x32, 4 segments) on clean frames: small enough to train twice in the suite, big
 # enough to learn the gestures with a causal shift.  At 6 epochs it was still climbing steeply, and the same seed
-# gave 0.98 (Zen 3), 0.887 (Zen 4) and 0.838 (Zen 4, AVX2 kernels); 9 epochs reach the flat part (see README's
-# proof table for the measured figures).  Same seed, data and steps for both.
+# gave 0.98 (Zen 3), 0.887 (Zen 4) and 0.838 (Zen 4, AVX2 kernels); 9 epochs reach the flat part (the measured
+# figures are in docs/training.md's proof table).  Same seed, data and steps for both.
 # Batches of 32 clips cost little more than 16 on a CPU (per-layer overhead dominates at 32x32) and learn faster.
 RECIPE = ["--data", "synthetic", "--width", "0.25", "--input-size", "32", "--segments", "4",
           "--train-clips", "2400", "--val-clips", "160", "--epochs", "9", "--batch-size", "32",
