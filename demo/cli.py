@@ -16,7 +16,7 @@ import sys
 import webbrowser
 from typing import Sequence
 
-from online_tsm.cli_util import UserError, add_debug_flag, run_cli
+from online_tsm.cli_util import UserError, add_debug_flag, positive_float, positive_int, run_cli, seconds
 from online_tsm.demo.app import DemoOptions, run_demo
 from online_tsm.demo.model import UNTRAINED_WARNING, default_backend, load_demo_model
 from online_tsm.demo.sinks import (LOG_SUFFIXES, SCREENSHOT_SUFFIXES, VIDEO_CODECS, ChangePrinter, JsonlSink,
@@ -27,36 +27,6 @@ from online_tsm.demo.web import DEFAULT_HOST, DEFAULT_PORT, LiveView, desktop_av
     machine_address, parse_serve_address
 from online_tsm.demo.window import window_problem
 from online_tsm.smoothing import DEFAULT_DEBOUNCE, DEFAULT_HISTORY, PredictionSmoother, default_ignored, resolve_ignored
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
-
-
-def seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,11 +7,55 @@ from __future__ import annotations
 
 import argparse
 import sys
+import math
 from typing import Callable, Sequence
 
 
 class UserError(Exception):
     """A problem with the user's input or machine, reported as one line (exit code 2)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message, or its type name when the message is empty.
+
+    Library errors (TVM's, ONNX's) carry pages of context; a user needs the
+    sentence that says what went wrong.
+    """
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+def number_type(cast: Callable[[str], float], what: str, minimum: float | None = None,
+                maximum: float | None = None, *, above: float | None = None) -> Callable[[str], float]:
+    """An argparse ``type=`` that parses ``cast(text)`` and checks its range, naming what was expected.
+
+    ``minimum``/``maximum`` are inclusive bounds, ``above`` an exclusive one; infinities and NaN are refused.
+    """
+    def parse(text: str) -> float:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        if above is not None and not value > above:
+            raise argparse.ArgumentTypeError(f"expected {what} > {above:g}, got {text}")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what} >= {minimum:g}, got {text}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"expected {what} <= {maximum:g}, got {text}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its own messages
+    return parse
+
+
+positive_int = number_type(int, "a whole number", minimum=1)
+positive_float = number_type(float, "a number", above=0)
+seconds = number_type(float, "a number of seconds", minimum=0)
+port_number = number_type(int, "a port number (0: any free port)", minimum=0, maximum=65535)
 
 
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +78,7 @@ def run_cli(main: Callable[[argparse.Namespace], int | None], parser: argparse.A
     except Exception as exc:  # noqa: BLE001 -- the point of this function
         if getattr(args, "debug", False):
             raise
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = first_line(exc)
         known = isinstance(exc, (UserError, ValueError, FileNotFoundError, PermissionError, LookupError))
         print(f"error: {message}" + ("" if known else f" ({type(exc).__name__}; rerun with --debug for details)"),
               file=sys.stderr)

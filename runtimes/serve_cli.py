@@ -11,21 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from online_tsm.cli_util import UserError, add_debug_flag, run_cli
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value < 65536:
-        raise argparse.ArgumentTypeError(f"expected a port number 0-65535 (0: any free port), got {text}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
+from online_tsm.cli_util import UserError, add_debug_flag, port_number, positive_int, run_cli
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,9 +24,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("repository", help="the model repository folder (tsm-export --target triton -o REPO)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     for name in ("grpc", "http", "metrics"):
-        p.add_argument(f"--{name}-port", type=_port, default=DEFAULT_PORTS[name],
+        p.add_argument(f"--{name}-port", type=port_number, default=DEFAULT_PORTS[name],
                        help=f"{name} port (default {DEFAULT_PORTS[name]}; 0: any free port)")
-    p.add_argument("--instances", type=_positive, help="model instances, each with its own sequence slots "
+    p.add_argument("--instances", type=positive_int, help="model instances, each with its own sequence slots "
                                                        "(default: the repository's config, 1)")
     p.add_argument("--log", help="keep the server's log in this file (default: a temporary file, removed on exit)")
     p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for the models (default 120)")
