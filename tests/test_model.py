@@ -69,8 +69,11 @@ def test_streaming_equals_causal_clip(batch, config):
         clip_logits = model.forward_clip(clip, shift="causal")
         stream_logits = _stream(model, clip)
     assert clip_logits.shape == (batch, 8, model.n_class)
-    assert clip_logits.abs().max() > 0.5  # parity on near-zero logits would prove nothing
-    assert (stream_logits - clip_logits).abs().max() <= 1e-5
+    scale = float(clip_logits.abs().max())
+    assert scale > 0.5  # parity on near-zero logits would prove nothing
+    # float32 rounding: the clip runs B*T frames per convolution, the stream B, so the kernels (and their summation
+    # order) differ with batch size and thread count; 1e-5 of the largest logit is ~100 float32 ulps.
+    assert (stream_logits - clip_logits).abs().max() <= 1e-5 * scale
 
 
 def test_shift_changes_the_result(model_small):

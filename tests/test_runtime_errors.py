@@ -215,7 +215,7 @@ def test_unknown_backend(small_artifact):
     with pytest.raises(RuntimeOpenError) as exc:
         open_runtime(small_artifact, "tflite")
     assert single_line(exc) == ("unknown backend 'tflite'; expected one of auto, torch, onnxruntime, tvm, tvm-rpc, "
-                                "tensorrt")
+                                "tensorrt, triton")
 
 
 def test_unknown_option(small_artifact):
