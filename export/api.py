@@ -269,7 +269,7 @@ def _export(model: MobileNetV2TSM, row: ExportTarget, out: Path, say: Progress, 
     from online_tsm.export.device_kit import add_device_kit
 
     roles.update(add_device_kit(out, manifest, row))   # run.py / run_onnx.py: verify and time on the device
-    (out / README_NAME).write_text(artifact_readme(manifest, row, out.name, files=sorted(roles)))
+    (out / README_NAME).write_text(artifact_readme(manifest, row, out.name, files=sorted(roles), roles=roles))
     write_manifest(out, manifest, roles)
     say(f"wrote {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
     return out

@@ -553,14 +553,14 @@ def physical_cores() -> int:
     return len(seen) or len(cpus) or 1
 
 
-def machine_description(np, engine) -> dict:
+def machine_description(np, engine, cores: int) -> dict:
     versions = {"python": platform.python_version(), "numpy": np.__version__}
     for module in ("tvm", "onnxruntime", "tensorrt"):
         if module in sys.modules:
             versions[module] = getattr(sys.modules[module], "__version__", "?")
     return {"cpu": cpu_model(), "device_model": _read_first(["/proc/device-tree/model", "/sys/firmware/devicetree/"
                                                               "base/model"]) or None,
-            "arch": platform.machine(), "logical_cores": os.cpu_count(), "physical_cores": physical_cores(),
+            "arch": platform.machine(), "logical_cores": os.cpu_count(), "physical_cores": cores,
             "os": os_name(), "libraries": versions, "engine": getattr(engine, "description", None),
             "emulated": emulation_evidence()}
 
@@ -659,6 +659,7 @@ def _run(args, folder: str, result: dict, say) -> int:
         compiler=manifest.get("compiler", {}))
     result["settings"] = {"engine": engine_name, "device": device, "frames": args.frames, "warmup": args.warmup,
                           "threads": args.threads, "fp16": bool(args.fp16)}
+    cores = physical_cores()    # before any runtime starts: TVM's pool pins this thread to one core
     emulated = emulation_evidence()
     if emulated and not args.no_timing:
         raise RunError("timing", f"refusing to time under emulation ({emulated}): the numbers would say nothing "
@@ -689,7 +690,7 @@ def _run(args, folder: str, result: dict, say) -> int:
             raise RunError("architecture", f"{os.path.basename(library)} is built for {arch} but this machine is "
                                            f"{here}: copy the folder to the device it was exported for (target "
                                            f"{target.get('name', '?')}), or export for this machine")
-        threads = args.threads or (physical_cores() if device == "cpu" else None)
+        threads = args.threads or (cores if device == "cpu" else None)
         result["settings"]["threads"] = threads
         engine = TvmEngine(np, manifest, library, device, threads)
     else:
@@ -701,7 +702,7 @@ def _run(args, folder: str, result: dict, say) -> int:
             engine = OnnxRuntimeEngine(np, manifest, onnx_path, device, args.threads)
         else:
             engine = TensorRtEngine(np, manifest, onnx_path, args.fp16, say)
-    result["machine"] = machine_description(np, engine)
+    result["machine"] = machine_description(np, engine, cores)
     say(f"engine: {engine.description}")
 
     same = device == "cpu" and host_arch() == MACHINE_ALIASES.get(str(target.get("machine", "")).lower(),
