@@ -222,6 +222,13 @@ def test_failed_verification_is_reported_and_never_timed(host, tmp_path):
     assert "verification FAILED" in one_error_line(proc) and "FAIL" in proc.stdout
     data = json.loads((folder / "r.json").read_text())
     assert data["status"] == "failed" and data["verification"]["passed"] is False and data["timing"] is None
+    # tsm-bench --import shows it as failed, never as a time
+    from online_tsm.benchmarks.cli import main as bench_main
+
+    assert bench_main(["--import", str(folder / "r.json"), "--json", str(tmp_path / "report.json")]) == 0
+    row = json.loads((tmp_path / "report.json").read_text())["imported"][0]
+    assert row["status"] == "failed" and row["timing"] is None and row["ratio_to_paper"] is None
+    assert row["reason"].startswith("verification failed: max abs diff")
 
 
 def test_library_shipped_as_objects_must_be_linked_first(host, tmp_path):
@@ -242,6 +249,65 @@ def test_timing_is_refused_under_emulation(host, monkeypatch, capsys):
 def test_bad_arguments_are_one_line(host):
     proc = run_script(host, "run.py", "--fp16")
     assert proc.returncode == 1 and "--fp16 needs --tensorrt" in one_error_line(proc)
+
+
+# -- tsm-bench --import ------------------------------------------------------------------------------
+def test_import_shows_the_device_row_with_its_p50(host_result, tmp_path, capsys):
+    from online_tsm.benchmarks.cli import main as bench_main
+
+    result = host_result["folder"] / "r.json"
+    p50 = host_result["json"]["timing"]["p50_ms"]
+    assert bench_main(["--import", str(result), "--json", str(tmp_path / "report.json"),
+                       "--plot", str(tmp_path / "report.png"), "--markdown", str(tmp_path / "report.md")]) == 0
+    out = capsys.readouterr().out
+    device_line = next(line for line in out.splitlines() if "measured on the device" in line)
+    assert f"{p50:.2f}" in device_line and "✅" in device_line and "other model" in device_line
+    assert "no paper figure" in device_line
+    assert "13.0" in out and "35.0" in out and "paper, not measured here" in out   # the paper rows, labelled
+    data = json.loads((tmp_path / "report.json").read_text())
+    row = data["imported"][0]
+    assert row["status"] == "ok" and row["timing"]["p50_ms"] == p50 and row["target"] == "host"
+    assert row["source"].startswith("measured on the device ") and ", run.py 20" in row["source"]
+    assert row["model_label"].startswith("another model than the paper's (width 0.5, 96x96 input")
+    assert data["rows"] == [] and "nothing was measured on this machine" in data["notes"][0]
+    assert (tmp_path / "report.png").stat().st_size > 0 and f"{p50:.2f}" in (tmp_path / "report.md").read_text()
+
+
+def _device_record(base: dict, device_model: str | None, target: str, width: float, size: int) -> dict:
+    """``base`` (a real run.py result) as if written on another device, for the pairing rules only."""
+    data = json.loads(json.dumps(base))
+    data["machine"]["device_model"] = device_model
+    data["artifact"]["target"]["name"] = target
+    data["artifact"]["model"]["width_mult"] = width
+    data["artifact"]["input"]["input_size"] = size
+    return data
+
+
+@pytest.mark.parametrize("device_model, target, paper_ms, match", [
+    ("NVIDIA Jetson Nano Developer Kit", "onnx", 13.0, "same device"),
+    (None, "jetson-nano", 13.0, "the paper's device for target jetson-nano"),
+    (None, "android-arm64", 35.0, "the paper's device for target android-arm64")])
+def test_imported_row_sits_beside_the_papers_row_for_that_device(host_result, device_model, target, paper_ms, match):
+    from online_tsm.benchmarks.imported import imported_row
+    from online_tsm.benchmarks.report import imported_rows
+
+    data = _device_record(host_result["json"], device_model, target, 1.0, 224)
+    row = imported_row(data, "r.json")
+    assert row["paper"]["latency_ms"] == paper_ms and row["paper_match"] == match
+    assert row["ratio_to_paper"] == pytest.approx(data["timing"]["p50_ms"] / paper_ms)
+    assert row["same_model_as_paper"] and row["model_label"].startswith("same model as the paper's")
+    (cells,) = imported_rows({"imported": [row]})
+    assert cells[8].startswith(f"{paper_ms:g} (") and cells[9] == f"{row['ratio_to_paper']:.2f}x"
+    assert cells[10] == "same as paper"
+
+
+def test_import_refuses_a_file_that_is_not_a_run_py_result(tmp_path, capsys):
+    from online_tsm.benchmarks.cli import main as bench_main
+
+    (tmp_path / "other.json").write_text(json.dumps({"schema": "online-tsm-bench/1"}))
+    assert bench_main(["--import", str(tmp_path / "other.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --import") and "is not a run.py result" in err and len(err.splitlines()) == 1
 
 
 # -- run_onnx.py ----------------------------------------------------------------------------------
