@@ -553,9 +553,10 @@ def physical_cores() -> int:
     return len(seen) or len(cpus) or 1
 
 
-def machine_description(np, engine, cores: int) -> dict:
-    versions = {"python": platform.python_version(), "numpy": np.__version__}
-    for module in ("tvm", "onnxruntime", "tensorrt"):
+def machine_description(engine, cores: int) -> dict:
+    """The machine, as far as known: called before anything loads (a failed run still says where it ran)."""
+    versions = {"python": platform.python_version()}
+    for module in ("numpy", "tvm", "onnxruntime", "tensorrt"):
         if module in sys.modules:
             versions[module] = getattr(sys.modules[module], "__version__", "?")
     return {"cpu": cpu_model(), "device_model": _read_first(["/proc/device-tree/model", "/sys/firmware/devicetree/"
@@ -660,6 +661,7 @@ def _run(args, folder: str, result: dict, say) -> int:
     result["settings"] = {"engine": engine_name, "device": device, "frames": args.frames, "warmup": args.warmup,
                           "threads": args.threads, "fp16": bool(args.fp16)}
     cores = physical_cores()    # before any runtime starts: TVM's pool pins this thread to one core
+    result["machine"] = machine_description(None, cores)
     emulated = emulation_evidence()
     if emulated and not args.no_timing:
         raise RunError("timing", f"refusing to time under emulation ({emulated}): the numbers would say nothing "
@@ -702,7 +704,7 @@ def _run(args, folder: str, result: dict, say) -> int:
             engine = OnnxRuntimeEngine(np, manifest, onnx_path, device, args.threads)
         else:
             engine = TensorRtEngine(np, manifest, onnx_path, args.fp16, say)
-    result["machine"] = machine_description(np, engine, cores)
+    result["machine"] = machine_description(engine, cores)
     say(f"engine: {engine.description}")
 
     same = device == "cpu" and host_arch() == MACHINE_ALIASES.get(str(target.get("machine", "")).lower(),

@@ -189,6 +189,7 @@ def test_corrupted_library_is_refused_before_loading(host, tmp_path):
     assert "model.so does not match manifest.json" in line and "refusing to load it" in line
     data = json.loads((folder / "r.json").read_text())
     assert data["status"] == "failed" and data["error"]["stage"] == "sha256"
+    assert data["machine"]["cpu"] and "tvm" not in data["machine"]["libraries"]   # where it failed; nothing loaded
     assert data["timing"] is None and data["verification"] is None
 
 
