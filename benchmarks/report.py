@@ -120,14 +120,16 @@ def imported_rows(data: dict[str, Any]) -> list[list[str]]:
             continue
         t = r["timing"]
         ratio = "-" if r.get("ratio_to_paper") is None else f"{r['ratio_to_paper']:.2f}x"
-        rows.append([r["device"], r["target"], r["engine"], f"✅ {check.get('max_abs_diff', 0):.1e}", _num(t["p50_ms"]),
-                     _num(t["p90_ms"]), _num(t["p99_ms"]), _num(t["fps"], 1), paper_cell, ratio, model, r["source"]])
+        rows.append([r["device"], r["target"], r["engine"], f"✅ {check.get('max_abs_diff', 0):.1e}",
+                     _num(t["p50_ms"]), _num(t["p90_ms"]), _num(t["p99_ms"]), _num(t["fps"], 1), paper_cell, ratio,
+                     model, r["source"]])
     return rows
 
 
 def _imported_notes(data: dict[str, Any]) -> list[str]:
     return [f"{r['device']}: {r['model_label']}; paper row: {r['paper_match']}; "
-            f"{(r.get('timing') or {}).get('frames', 0)} timed frames; file {r['file']}" for r in data.get("imported") or []]
+            f"{(r.get('timing') or {}).get('frames', 0)} timed frames; file {r['file']}"
+            for r in data.get("imported") or []]
 
 
 TARGET_HEADERS = ["#", "Target", "Measured", "Reached"]

@@ -48,8 +48,11 @@ import time
 # A developer running the template from online-tsm's own export/ folder would import its tvm.py instead of
 # Apache TVM; an artifact folder holds no Python packages, so this only ever removes that folder.
 _HERE = os.path.dirname(os.path.abspath(__file__))
-if __name__ == "__main__" and os.path.exists(os.path.join(_HERE, "tvm.py")):
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+_SHADOWING = {d for d in (_HERE, os.path.dirname(os.path.realpath(__file__)))
+              if os.path.exists(os.path.join(d, "tvm.py"))}
+if __name__ == "__main__" and _SHADOWING:   # (Python puts the script's real folder first on sys.path)
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) not in
+                   {os.path.realpath(d) for d in _SHADOWING}]
 
 SCHEMA = "online-tsm-device-run/1"
 MANIFEST_NAME = "manifest.json"
