@@ -286,7 +286,7 @@ def _record(plan: _Plan, data: dict | None, how: str) -> None:
                             f"{expected:.3g}: the script and this online-tsm disagree; re-export the artifact")
             return
         result.notes.append(f"compared {check['frames']} streamed frames (buffers carried) with the PyTorch "
-                            "reference in the artifact")
+                            f"reference in the artifact; tolerance {check['rule']} ({check['rule_reason']})")
         return
     message = ((data or {}).get("error") or {}).get("message") or how
     if plan.needs_cuda:
