@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-end-to-end", action="store_true", help="skip the pre-processing + step + smoothing loop")
     p.add_argument("--rpc", metavar="HOST:PORT", help="time a compiled artifact on a remote device (TVM RPC server)")
     p.add_argument("--target", help="export target of the --rpc device (e.g. jetson-nano, raspberry-pi-4)")
+    p.add_argument("--import", dest="imports", action="append", metavar="RESULT.json",
+                   help="add a result written on a device by the artifact's run.py --json (repeatable); "
+                        "without --backends nothing is measured here")
     p.add_argument("--json", metavar="PATH", help="write the full report (samples, machine, targets) as JSON")
     p.add_argument("--markdown", metavar="PATH", help="write the report as Markdown (to paste into an issue)")
     p.add_argument("--plot", metavar="PNG", help="write latency distributions and TSM-vs-TSN bars as a PNG")
@@ -67,10 +70,10 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                        progress=not args.no_progress and sys.stderr.isatty(), roofline=not args.no_roofline, profile=args.profile)
 
 
-def emit(report: BenchReport, *, json_path: str | None = None, markdown_path: str | None = None,
+def emit(report: BenchReport | dict, *, json_path: str | None = None, markdown_path: str | None = None,
          plot_path: str | None = None, out=None) -> dict:
     """Print the table and write the requested files; returns the report's dictionary."""
-    data = report.to_dict()
+    data = report if isinstance(report, dict) else report.to_dict()
     out = out or sys.stdout
     out.write(render_terminal(data))
     for path, writer, what in ((json_path, write_json, "JSON"), (markdown_path, write_markdown, "Markdown"),
@@ -83,6 +86,18 @@ def emit(report: BenchReport, *, json_path: str | None = None, markdown_path: st
 def _main(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     cfg = config_from_args(args)
     command = "tsm-bench" + ("" if not argv else " " + " ".join(shlex.quote(a) for a in argv))
+    if args.imports:
+        from online_tsm.benchmarks.imported import import_only_report, import_results
+
+        rows = import_results(args.imports)   # a bad file is reported before anything is measured
+        if not (args.backends or args.rpc):
+            emit(import_only_report(rows, command), json_path=args.json, markdown_path=args.markdown,
+                 plot_path=args.plot)
+            return 0
+        data = run_benchmark(cfg, command=command).to_dict()
+        data["imported"] = rows
+        emit(data, json_path=args.json, markdown_path=args.markdown, plot_path=args.plot)
+        return 0
     report = run_benchmark(cfg, command=command)
     emit(report, json_path=args.json, markdown_path=args.markdown, plot_path=args.plot)
     return 0

@@ -100,6 +100,38 @@ def _profile_title(prof: dict[str, Any]) -> str:
             "profiling itself adds overhead)")
 
 
+IMPORTED_HEADERS = ["Device", "Target", "Engine", "Verified", "p50 (ms)", "p90 (ms)", "p99 (ms)", "FPS",
+                    "Paper p50 (ms)", "p50 / paper", "Model", "Source"]
+IMPORTED_TITLE = "Measured on the device by the artifact's run.py (tsm-bench --import), beside the paper"
+
+
+def imported_rows(data: dict[str, Any]) -> list[list[str]]:
+    """Device results: a failed verification shows as failed, never as a time."""
+    rows = []
+    for r in data.get("imported") or []:
+        paper = r.get("paper")
+        paper_cell = f"{paper['latency_ms']:g} ({paper['device']})" if paper else "- (no paper figure)"
+        model = "same as paper" if r["same_model_as_paper"] else "other model"
+        check = r.get("verification") or {}
+        if r["status"] != "ok":
+            verified = "❌ failed" if r["status"] == "failed" else "✅ yes"
+            rows.append([r["device"], r["target"], r["engine"], verified, "-", "-", "-", "-", paper_cell, "-", model,
+                         f"{r['reason']} ({r['source']})"])
+            continue
+        t = r["timing"]
+        ratio = "-" if r.get("ratio_to_paper") is None else f"{r['ratio_to_paper']:.2f}x"
+        rows.append([r["device"], r["target"], r["engine"], f"✅ {check.get('max_abs_diff', 0):.1e}",
+                     _num(t["p50_ms"]), _num(t["p90_ms"]), _num(t["p99_ms"]), _num(t["fps"], 1), paper_cell, ratio,
+                     model, r["source"]])
+    return rows
+
+
+def _imported_notes(data: dict[str, Any]) -> list[str]:
+    return [f"{r['device']}: {r['model_label']}; paper row: {r['paper_match']}; "
+            f"{(r.get('timing') or {}).get('frames', 0)} timed frames; file {r['file']}"
+            for r in data.get("imported") or []]
+
+
 TARGET_HEADERS = ["#", "Target", "Measured", "Reached"]
 
 
@@ -146,11 +178,14 @@ def _settings_line(data: dict[str, Any]) -> str:
 
 
 def render_terminal(data: dict[str, Any]) -> str:
-    parts = [f"tsm-bench  --  {data['command']}",
-             f"model:   {_model_line(data)}",
-             f"machine: {_machine_line(data)}",
-             f"timing:  {_settings_line(data)}", "",
-             format_table(MAIN_HEADERS, main_rows(data))]
+    parts = [f"tsm-bench  --  {data['command']}"]
+    if data.get("model"):      # absent when the report only shows imported device results
+        parts += [f"model:   {_model_line(data)}", f"machine: {_machine_line(data)}",
+                  f"timing:  {_settings_line(data)}"]
+    parts += ["", format_table(MAIN_HEADERS, main_rows(data))]
+    if data.get("imported"):
+        parts += ["", IMPORTED_TITLE, format_table(IMPORTED_HEADERS, imported_rows(data)),
+                  *(f"  {n}" for n in _imported_notes(data))]
     e2e = end_to_end_rows(data)
     if e2e:
         parts += ["", "End to end per frame (ms): camera image -> pre-processing -> step -> smoothing",
@@ -161,9 +196,10 @@ def render_terminal(data: dict[str, Any]) -> str:
                   format_table(STREAMS_HEADERS, st)]
     for prof in _profiles(data):
         parts += ["", _profile_title(prof), format_table(PROFILE_HEADERS, profile_rows(prof))]
-    parts += ["", "Performance targets (issue 6)", format_table(TARGET_HEADERS, target_rows(data))]
+    if data.get("targets"):
+        parts += ["", "Performance targets (issue 6)", format_table(TARGET_HEADERS, target_rows(data))]
     parts += [f"note: {n}" for n in data.get("notes", [])]
-    parts += [f"({data['wall_s']:.0f} s)"]
+    parts += [f"({data['wall_s']:.0f} s)"] if data.get("model") else []
     return "\n".join(parts) + "\n"
 
 
@@ -179,11 +215,14 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
 def render_markdown(data: dict[str, Any]) -> str:
     parts = ["## tsm-bench report", "",
              f"- command: `{data['command']}`",
-             f"- created: {data['created']} ({data['wall_s']:.0f} s)",
-             f"- model: {_model_line(data)}",
-             f"- machine: {_machine_line(data)}",
-             f"- timing: {_settings_line(data)}", "",
-             markdown_table(MAIN_HEADERS, main_rows(data))]
+             f"- created: {data['created']} ({data['wall_s']:.0f} s)"]
+    if data.get("model"):
+        parts += [f"- model: {_model_line(data)}", f"- machine: {_machine_line(data)}",
+                  f"- timing: {_settings_line(data)}"]
+    parts += ["", markdown_table(MAIN_HEADERS, main_rows(data))]
+    if data.get("imported"):
+        parts += ["", f"### {IMPORTED_TITLE}", "", markdown_table(IMPORTED_HEADERS, imported_rows(data)), ""]
+        parts += [f"- {n}" for n in _imported_notes(data)]
     e2e = end_to_end_rows(data)
     if e2e:
         parts += ["", "### End to end per frame (ms)", "", markdown_table(E2E_HEADERS, e2e)]
@@ -192,7 +231,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         parts += ["", "### Batched streams (`step_many`)", "", markdown_table(STREAMS_HEADERS, st)]
     for prof in _profiles(data):
         parts += ["", f"### {_profile_title(prof)}", "", markdown_table(PROFILE_HEADERS, profile_rows(prof))]
-    parts += ["", "### Performance targets", "", markdown_table(TARGET_HEADERS, target_rows(data))]
+    if data.get("targets"):
+        parts += ["", "### Performance targets", "", markdown_table(TARGET_HEADERS, target_rows(data))]
     if data.get("notes"):
         parts += [""] + [f"- {n}" for n in data["notes"]]
     return "\n".join(parts) + "\n"
@@ -220,23 +260,31 @@ def write_plot(data: dict[str, Any], path: str | os.PathLike) -> Path:
     import matplotlib.pyplot as plt
 
     rows = [r for r in data["rows"] if r["status"] == "ok" and r["tsm"]]
+    # Device results imported from run.py: TSM only (the artifact holds no TSN twin).
+    rows += [{"backend": f"{r['target']} on device", "tsm": r["timing"], "tsn": None, "overhead_vs_tsn": None}
+             for r in data.get("imported") or [] if r["status"] == "ok"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
     names = [r["backend"] for r in rows]
     if rows:
         positions = list(range(len(rows)))
         tsm = left.violinplot([r["tsm"]["samples_ms"] for r in rows], [p - 0.2 for p in positions], widths=0.35,
                               showmedians=True)
-        tsn = left.violinplot([r["tsn"]["samples_ms"] for r in rows], [p + 0.2 for p in positions], widths=0.35,
-                              showmedians=True)
-        for body in tsn["bodies"]:
-            body.set_facecolor("tab:orange")
+        legend = [tsm["bodies"][0]]
+        paired = [(p, r) for p, r in zip(positions, rows) if r["tsn"]]
+        if paired:
+            tsn = left.violinplot([r["tsn"]["samples_ms"] for _, r in paired], [p + 0.2 for p, _ in paired],
+                                  widths=0.35, showmedians=True)
+            for body in tsn["bodies"]:
+                body.set_facecolor("tab:orange")
+            legend.append(tsn["bodies"][0])
         left.set_xticks(positions, names, rotation=20)
         left.set_yscale("log")
-        left.legend([tsm["bodies"][0], tsn["bodies"][0]], ["TSM (shift)", "TSN (no shift)"])
+        left.legend(legend, ["TSM (shift)", "TSN (no shift)"][:len(legend)])
         width = 0.38
         right.bar([p - width / 2 for p in positions], [r["tsm"]["p50_ms"] for r in rows], width, label="TSM p50")
-        right.bar([p + width / 2 for p in positions], [r["tsn"]["p50_ms"] for r in rows], width, label="TSN p50",
-                  color="tab:orange")
+        if paired:
+            right.bar([p + width / 2 for p, _ in paired], [r["tsn"]["p50_ms"] for _, r in paired], width,
+                      label="TSN p50", color="tab:orange")
         for p, r in zip(positions, rows):
             if r["overhead_vs_tsn"] is not None:
                 right.annotate(f"{r['overhead_vs_tsn']:+.1%}", (p, max(r["tsm"]["p50_ms"], r["tsn"]["p50_ms"])),
@@ -247,14 +295,15 @@ def write_plot(data: dict[str, Any], path: str | os.PathLike) -> Path:
         right.annotate(f"{ref['device']} {ref['latency_ms']:g} ms ({PAPER_LABEL})", (0.99, ref["latency_ms"]),
                        xycoords=("axes fraction", "data"), fontsize=7, ha="right", va="bottom", color="dimgrey",
                        zorder=5, bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1})
-    machine = data["machine"]["cpu"]
-    left.set_title(f"per-frame latency, measured here on {machine}", fontsize=10)
+    where = f"here on {data['machine']['cpu']}" if data.get("machine") else "on the device (run.py)"
+    left.set_title(f"per-frame latency, measured {where}", fontsize=10)
     left.set_ylabel("ms per frame (log scale)")
     right.set_title("TSM vs TSN p50 (label: TSM overhead)", fontsize=10)
     right.set_ylabel("ms per frame")
     right.legend(loc="upper left", fontsize=8)
-    m = data["model"]
-    fig.suptitle(f"online TSM MobileNetV2 {m['input_size']}x{m['input_size']} -- {data['command']}", fontsize=10)
+    m = data.get("model")
+    fig.suptitle(f"online TSM MobileNetV2 {m['input_size']}x{m['input_size']} -- {data['command']}" if m
+                 else f"online TSM -- {data['command']}", fontsize=10)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

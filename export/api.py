@@ -6,6 +6,7 @@ The folder (see ``manifest.json`` for the contract)::
     model.so|.tar   the compiled TVM library for the target            (role "library")
     reference.npz   PyTorch logits [16, n_class] over the verification frames (role "reference")
     README.txt      how to run it on the device                         (role "readme")
+    run.py          verify + time it on the device, numpy + runtime only (role "script"; run_onnx.py for onnx)
     manifest.json   names, shapes, buffer pairing, target, tool versions, sha256 of every file
 
 Every step that can silently go wrong is checked here, at export time, not
@@ -265,7 +266,10 @@ def _export(model: MobileNetV2TSM, row: ExportTarget, out: Path, say: Progress, 
     roles = {ONNX_NAME: "onnx", REFERENCE_NAME: "reference", README_NAME: "readme"}
     if compiled is not None:
         roles[compiled.filename] = "library"
-    (out / README_NAME).write_text(artifact_readme(manifest, row, out.name, files=sorted(roles)))
+    from online_tsm.export.device_kit import add_device_kit
+
+    roles.update(add_device_kit(out, manifest, row))   # run.py / run_onnx.py: verify and time on the device
+    (out / README_NAME).write_text(artifact_readme(manifest, row, out.name, files=sorted(roles), roles=roles))
     write_manifest(out, manifest, roles)
     say(f"wrote {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
     return out

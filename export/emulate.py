@@ -1,24 +1,29 @@
 """Check aarch64 artifacts numerically on this machine, under qemu user-mode emulation.
 
 ``tsm-export verify DIR --emulate`` calls :func:`verify_emulated`: the
-artifact's compiled library is loaded by the *aarch64* TVM runtime (see
-``online_tsm.export.sysroot``), the deterministic verification frames are
-streamed through it with the shift buffers carried, and the logits are
-compared here with the PyTorch reference stored in the artifact
-(``reference.npz``).  This catches a wrong target triple, a broken cross
-link, a bad NEON code path or a mis-ordered buffer before anyone copies the
-files to a device.
+artifact's own ``run.py`` -- the file the user will run on the device -- is
+run by the *aarch64* Python of ``online_tsm.export.sysroot`` with the aarch64
+TVM runtime, with ``--no-timing``.  It checks every sha256, reads the
+library's ELF header, streams the deterministic verification frames with the
+shift buffers carried and compares the logits with the PyTorch reference
+stored in the artifact (``reference.npz``).  This catches a wrong target
+triple, a broken cross link, a bad NEON code path, a mis-ordered buffer or a
+broken run.py before anyone copies the files to a device.
 
 What it does not do: measure speed.  Emulation is ~20x slower than a device
-and says nothing about it, so no timing is ever returned.
+and says nothing about it, so no timing is ever returned (run.py itself
+refuses to time under an emulator).
 
-Several artifacts are checked in one emulated process
-(:func:`verify_emulated_many`) because importing TVM alone costs seconds.
+Each artifact runs in a process of its own (``import tvm`` costs seconds
+under qemu), so a library that crashes ``dlopen`` takes only its own check
+down.  An artifact without a run.py (exported before it shipped one, or an
+Android object archive) is checked with online-tsm's template of it.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import signal
 import subprocess
@@ -34,14 +39,13 @@ import numpy as np
 from online_tsm.cli_util import UserError
 from online_tsm.export import elf
 from online_tsm.export.manifest import Manifest, ManifestError, load_manifest
-from online_tsm.export.reference import frames_for, read_reference
+from online_tsm.export.reference import read_reference
 from online_tsm.export.sysroot import (EmulationUnavailable, Progress, Sysroot, ensure_sysroot, require_tool,
                                       stderr_progress)
 
 __all__ = ["EmulatedCheck", "EmulationCheckError", "EmulationUnavailable", "verify_emulated",
            "verify_emulated_many", "tolerance_for", "EMULATED_TIMING_NOTE"]
 
-CHECK_SCRIPT = Path(__file__).with_name("emulated_check.py")
 RELATIVE_TOLERANCE = 1e-4
 ABSOLUTE_TOLERANCE_FLOOR = 1e-4
 EMULATED_TIMING_NOTE = "emulated: timings are meaningless (qemu is ~20x slower than a device); none are reported"
@@ -132,12 +136,15 @@ class _Plan:
     result: EmulatedCheck
     manifest: Manifest
     reference: np.ndarray
-    check: dict          # the job entry for emulated_check.py
+    folder: Path         # a scratch folder of links to the artifact's files (+ a linked .so for a .tar)
+    script: str          # run.py, or the template when the artifact has none
     needs_cuda: bool
 
 
-def _plan(artifact_dir: Path, n_frames: int, workdir: Path, index: int, frames_cache: dict[str, Path]) -> _Plan:
-    """Validate the artifact on the host and prepare its job entry; raises EmulationCheckError."""
+def _plan(artifact_dir: Path, n_frames: int, workdir: Path, index: int) -> _Plan:
+    """Validate the artifact on the host and lay out the folder run.py will check; raises EmulationCheckError."""
+    from online_tsm.export.device_kit import RUN_SCRIPT, SCRIPT_ROLE, TEMPLATE
+
     manifest = load_manifest(artifact_dir)
     result = EmulatedCheck(artifact_dir=artifact_dir, target=_target_name(manifest), n_frames=n_frames)
     library_name = manifest.file_with_role("library")
@@ -157,27 +164,28 @@ def _plan(artifact_dir: Path, n_frames: int, workdir: Path, index: int, frames_c
                                   f"artifacts only (target {result.target}); a host artifact is verified natively "
                                   "with `tsm-export verify DIR`")
     reference = _load_reference(artifact_dir, manifest, n_frames)
+    if library.suffix not in (".so", ".tar"):
+        raise EmulationCheckError(f"{library_name}: expected a .so or a .tar of object files")
+    folder = workdir / f"artifact-{index}"
+    folder.mkdir()
+    for name in manifest.files:     # links: run.py hashes and loads the artifact's own bytes
+        os.symlink((artifact_dir / name).resolve(), folder / name)
+    os.symlink((artifact_dir / "manifest.json").resolve(), folder / "manifest.json")
     if library.suffix == ".tar":
-        library = _link_for_glibc(library, workdir / f"{index}-objects")
+        _link_for_glibc(library, workdir / f"{index}-objects", folder / (library.stem + ".so"))
         note = (f"linked the object files of {library_name} against glibc with {CROSS_GCC} for this check only")
         if _is_android(manifest):
             note += " (an Android .so needs the NDK's linker; the compiled code checked is the same)"
         result.notes.append(note)
-    elif library.suffix != ".so":
-        raise EmulationCheckError(f"{library_name}: expected a .so or a .tar of object files")
-    frames = frames_for(manifest, n_frames)   # normalised floats, or uint8 camera frames for a folded graph
-    key = f"{frames.dtype}-{'x'.join(map(str, frames.shape))}"
-    if key not in frames_cache:
-        frames_cache[key] = workdir / f"frames-{key}.npy"
-        np.save(frames_cache[key], frames)
-    check = {"id": str(index), "library": str(library.resolve()), "frames": str(frames_cache[key]),
-             "output": str(workdir / f"logits-{index}.npy"), "inputs": [s.name for s in manifest.inputs],
-             "outputs": [s.name for s in manifest.outputs], "frame_input": manifest.frame_input,
-             "logits_output": manifest.logits_output,
-             "buffers": [{"input": b.input, "output": b.output, "shape": list(b.shape), "dtype": b.dtype}
-                         for b in manifest.buffers]}
-    needs_cuda = _needs_cuda(manifest)
-    return _Plan(result, manifest, reference, check, needs_cuda)
+    script = next((n for n, meta in manifest.files.items() if meta.get("role") == SCRIPT_ROLE), None)
+    if script is None:
+        script = RUN_SCRIPT
+        shutil.copyfile(TEMPLATE, folder / script)   # a copy: beside the template lies online-tsm's own tvm.py
+        result.notes.append(f"{artifact_dir.name} has no {RUN_SCRIPT}: checked with online-tsm's template of it "
+                            "(the file exports for glibc devices ship)")
+    else:
+        result.notes.append(f"ran the artifact's own {script} under qemu with --no-timing")
+    return _Plan(result, manifest, reference, folder, script, _needs_cuda(manifest))
 
 
 def _load_reference(artifact_dir: Path, manifest: Manifest, n_frames: int) -> np.ndarray:
@@ -198,7 +206,7 @@ def _load_reference(artifact_dir: Path, manifest: Manifest, n_frames: int) -> np
     return logits[:n_frames]
 
 
-def _link_for_glibc(tar_path: Path, folder: Path) -> Path:
+def _link_for_glibc(tar_path: Path, folder: Path, out: Path) -> Path:
     """A glibc ``.so`` from the object files in ``tar_path``, for the emulated check only."""
     gcc = require_tool(CROSS_GCC, CROSS_GCC_PACKAGE, f"to link {tar_path.name} for the emulated check")
     folder.mkdir(parents=True)
@@ -207,7 +215,6 @@ def _link_for_glibc(tar_path: Path, folder: Path) -> Path:
         for member in objects:
             member.name = Path(member.name).name      # no paths from the archive
             tar.extract(member, folder, filter="data")
-    out = folder / (tar_path.stem + "-glibc.so")
     proc = subprocess.run([gcc, "-shared", "-fPIC", "-o", str(out), *[str(folder / m.name) for m in objects], "-lm"],
                           capture_output=True, text=True)
     if proc.returncode != 0:
@@ -217,42 +224,34 @@ def _link_for_glibc(tar_path: Path, folder: Path) -> Path:
 
 
 # -- the emulated process ---------------------------------------------------------------------------
-def _run_emulated(sysroot: Sysroot, checks: list[dict], workdir: Path) -> dict[str, dict]:
-    """Run the checks, in as many processes as crashes require; ``id -> {"status", "message"}``."""
-    job_path, results_path = workdir / "job.json", workdir / "results.json"
-    script = workdir / CHECK_SCRIPT.name     # run from a folder of its own: nothing beside it can shadow tvm
-    shutil.copyfile(CHECK_SCRIPT, script)
-    job_path.write_text(json.dumps({"results": str(results_path), "checks": checks}))
-    statuses: dict[str, dict] = {}
-    for _ in range(len(checks) + 1):
-        timeout = 120 + 120 * sum(1 for c in checks if c["id"] not in statuses)
-        try:
-            # cwd: a core dump of a crashing library lands in the scratch folder, not in the user's.
-            proc = subprocess.run(sysroot.command(script, str(job_path)), env=sysroot.environment(),
-                                  capture_output=True, text=True, timeout=timeout, cwd=workdir)
-            code, stderr = proc.returncode, proc.stderr
-        except subprocess.TimeoutExpired as exc:
-            code, stderr = None, (exc.stderr or b"").decode(errors="replace") if isinstance(exc.stderr, bytes) \
-                else (exc.stderr or "")
-        before = len(statuses)
-        if results_path.is_file():
-            statuses = json.loads(results_path.read_text()).get("checks", {})
-        how = _how_it_ended(code, timeout)
-        for status in statuses.values():
-            if status["status"] == "started":    # this check took the whole process down with it
-                status.update(status="error", message=f"the emulated process {how} while loading or running "
-                                                      f"this library: {_tail(stderr)}")
-        if results_path.is_file():
-            data = json.loads(results_path.read_text())
-            data["checks"] = statuses
-            results_path.write_text(json.dumps(data))
-        if all(c["id"] in statuses for c in checks):
-            return statuses
-        if len(statuses) == before:
-            raise EmulationUnavailable(f"the emulated aarch64 Python ({sysroot.python.name} under qemu) {how} "
-                                       f"before checking anything: {_tail(stderr)} (if it persists, delete "
-                                       f"{sysroot.root} so that it is prepared again)")
-    return statuses
+def _run_emulated(sysroot: Sysroot, plan: _Plan, workdir: Path) -> tuple[dict | None, str]:
+    """Run the plan's script under qemu; ``(run.py's JSON or None, how it ended)``.
+
+    Raises :class:`EmulationUnavailable` when the emulated interpreter did
+    not even start the script (it prints its first line before loading anything).
+    """
+    out = workdir / f"result-{plan.folder.name}.json"
+    args = ["--no-timing", "--device", "cpu", "--verify-frames", str(plan.result.n_frames), "--json", str(out)]
+    timeout = 600      # the 224 model takes ~90 s here when the machine is quiet, several times that when not
+    try:
+        # cwd: a core dump of a crashing library lands in the scratch folder, not in the user's.
+        proc = subprocess.run(sysroot.command(plan.folder / plan.script, *args), env=sysroot.environment(),
+                              capture_output=True, text=True, timeout=timeout, cwd=workdir)
+        code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        code, stdout, stderr = None, _text(exc.stdout), _text(exc.stderr)
+    how = _how_it_ended(code, timeout)
+    if out.is_file():
+        return json.loads(out.read_text()), how
+    if code is not None and code > 0 and not stdout.strip():
+        raise EmulationUnavailable(f"the emulated aarch64 Python ({sysroot.python.name} under qemu) {how} "
+                                   f"before checking anything: {_tail(stderr)} (if it persists, delete "
+                                   f"{sysroot.root} so that it is prepared again)")
+    return None, f"the emulated process {how} while loading or running this library: {_tail(stderr)}"
+
+
+def _text(data: bytes | str | None) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
 
 
 def _how_it_ended(code: int | None, timeout: float) -> str:
@@ -271,29 +270,31 @@ def _tail(stderr: str) -> str:
     return lines[-1][:300] if lines else "no message"
 
 
-def _compare(plan: _Plan, status: dict, logits_path: Path) -> None:
+def _record(plan: _Plan, data: dict | None, how: str) -> None:
+    """Turn run.py's JSON (or the way its process ended) into the check's result."""
     result = plan.result
-    if status["status"] == "ok":
-        logits = np.load(logits_path)
-        if logits.shape != plan.reference.shape:
-            result.error = f"emulated logits have shape {list(logits.shape)}, expected {list(plan.reference.shape)}"
+    check = (data or {}).get("verification")
+    if check is not None:
+        result.max_abs_diff = float(check["max_abs_diff"])
+        result.max_abs_reference = float(check["max_abs_reference"])
+        result.tolerance = float(check["tolerance"])
+        result.passed = bool(check["passed"]) and result.max_abs_diff <= result.tolerance
+        expected = tolerance_for(plan.reference)
+        if not math.isclose(result.tolerance, expected, rel_tol=1e-9):
             result.passed = False
+            result.error = (f"{plan.script} applied tolerance {result.tolerance:.3g}, the emulated check's rule gives "
+                            f"{expected:.3g}: the script and this online-tsm disagree; re-export the artifact")
             return
-        result.max_abs_reference = float(np.max(np.abs(plan.reference)))
-        result.tolerance = tolerance_for(plan.reference)
-        diff = float(np.max(np.abs(logits.astype(np.float64) - plan.reference)))
-        result.max_abs_diff = diff if math.isfinite(diff) else float("inf")
-        result.passed = bool(result.max_abs_diff <= result.tolerance)
-        result.notes.append(f"compared {plan.result.n_frames} streamed frames (buffers carried) with the PyTorch "
-                            "reference in the artifact")
+        result.notes.append(f"compared {check['frames']} streamed frames (buffers carried) with the PyTorch "
+                            f"reference in the artifact; tolerance {check['rule']} ({check['rule_reason']})")
         return
-    message = status.get("message", "unknown failure")
-    if plan.needs_cuda or status["status"] == "needs_cuda":
+    message = ((data or {}).get("error") or {}).get("message") or how
+    if plan.needs_cuda:
         # Honest partial result: the architecture was checked on the host; the numbers need a GPU.
         result.passed = None
         result.notes.insert(0, "not checked numerically: the library needs the CUDA runtime to load, which the "
                                "emulator does not have; only its architecture (aarch64) was checked. Numbers need "
-                               f"the Jetson itself (e.g. its TVM runtime over RPC, see tsm-bench). ({message})")
+                               f"the Jetson itself (python3 run.py there). ({message})")
         return
     result.error = message
     result.passed = False
@@ -301,11 +302,11 @@ def _compare(plan: _Plan, status: dict, logits_path: Path) -> None:
 
 def verify_emulated_many(artifact_dirs: Iterable[str | Path], n_frames: int = 16, *,
                          progress: Progress | None = stderr_progress) -> list[EmulatedCheck]:
-    """Check several aarch64 artifacts in one emulated process; one result per folder, in order.
+    """Check several aarch64 artifacts, each with its own run.py in its own emulated process; results in order.
 
     A problem with one artifact (wrong architecture, a library that does not
-    load) is recorded in its result (``error``, ``passed=False``) and does not
-    stop the others.  A machine that cannot emulate raises
+    load or crashes) is recorded in its result (``error``, ``passed=False``)
+    and does not stop the others.  A machine that cannot emulate raises
     :class:`EmulationUnavailable` (one line naming the missing package).
     """
     dirs = [Path(d) for d in artifact_dirs]
@@ -313,25 +314,25 @@ def verify_emulated_many(artifact_dirs: Iterable[str | Path], n_frames: int = 16
     results: list[EmulatedCheck | None] = [None] * len(dirs)
     with tempfile.TemporaryDirectory(prefix="tsm-emulate-") as tmp:
         workdir = Path(tmp)
-        plans: dict[str, _Plan] = {}
-        frames_cache: dict[str, Path] = {}
+        plans: list[_Plan] = []
         for i, directory in enumerate(dirs):
             try:
-                plan = _plan(directory, n_frames, workdir, i, frames_cache)
+                plan = _plan(directory, n_frames, workdir, i)
             except (EmulationCheckError, ManifestError) as exc:
                 results[i] = EmulatedCheck(artifact_dir=directory, target=_target_of(directory), n_frames=n_frames,
                                            passed=False, error=str(exc), notes=[EMULATED_TIMING_NOTE])
                 continue
-            plans[plan.check["id"]] = plan
+            plans.append(plan)
             results[i] = plan.result
         if plans:
             sysroot = ensure_sysroot(say)
-            say(f"checking {len(plans)} artifact(s) with the aarch64 TVM runtime under qemu (slow by design)")
-            statuses = _run_emulated(sysroot, [p.check for p in plans.values()], workdir)
             runtime = (f"aarch64 TVM {sysroot.info['wheels'].get('apache-tvm', '?')} runtime under "
                        f"{Path(sysroot.qemu).name}, Debian {sysroot.info['suite']} {sysroot.info['python']}")
-            for check_id, plan in plans.items():
-                _compare(plan, statuses[check_id], Path(plan.check["output"]))
+            for plan in plans:
+                say(f"running {plan.result.artifact_dir.name}/{plan.script} with the aarch64 TVM runtime under qemu "
+                    "(slow by design)")
+                data, how = _run_emulated(sysroot, plan, workdir)
+                _record(plan, data, how)
                 plan.result.notes.extend([runtime, EMULATED_TIMING_NOTE])
     return [r for r in results if r is not None]
 

@@ -10,19 +10,13 @@ from online_tsm.export.manifest import Manifest
 from online_tsm.export.targets import ExportTarget
 from online_tsm.pacing import UPSTREAM_PACE, pace_from_metadata
 
-_RUN_TVM = """  import numpy as np, tvm
-  from tvm import relax
-  from online_tsm.export.manifest import load_manifest      # or read manifest.json with json
-  m = load_manifest("{folder}")
-  dev = {device}
-  vm = relax.VirtualMachine(tvm.runtime.load_module("{folder}/{library}"), dev)
-  state = {{b.input: tvm.runtime.tensor(np.zeros(b.shape, b.dtype), dev) for b in m.buffers}}
-  for frame in frames:   # {frame_doc}
-      feeds = {{m.frame_input: tvm.runtime.tensor(frame[None], dev), **state}}
-      out = vm["main"](*[feeds[s.name] for s in m.inputs])
-      logits = out[0].numpy()[0]
-      state = {{b.input: out[i + 1] for i, b in enumerate(m.buffers)}}
-  # with online-tsm installed: open_runtime("{folder}", backend="tvm") does all of this
+_SCRIPT_USE = """{script} checks this folder and times it on the device, with numpy and the runtime only (no online-tsm):
+  python3 {script} --json result.json   # sha256 of every file, logits vs PyTorch (reference.npz), p50/p90/p99
+  python3 {script} --help               # --frames, --threads, --device, --no-timing{extra}
+Back on a machine with online-tsm, put the result beside the paper's figures:
+  tsm-bench --import result.json
+The streaming loop to copy into an application is {script}'s {engine} class: names, shapes and the
+shift-buffer pairs come from manifest.json; with online-tsm installed, open_runtime("{folder}") does it all.
 """
 
 _TARGET_STEPS = {
@@ -30,15 +24,15 @@ _TARGET_STEPS = {
   tsm-export verify {folder}            # re-runs it against the PyTorch reference
 """,
     "onnx": """Copy {folder}/ anywhere and run model.onnx with any ONNX runtime, e.g.
-  python -c "import onnxruntime"        # pip install onnxruntime
-  open_runtime("{folder}", backend="onnxruntime")   # with online-tsm installed
-On a Jetson, TensorRT builds an engine from model.onnx on the device:
-  /usr/src/tensorrt/bin/trtexec --onnx={folder}/model.onnx --saveEngine=model.plan --fp16
+  pip install onnxruntime numpy
+  python3 run_onnx.py --json result.json
+On a Jetson, TensorRT (JetPack's) builds an engine from model.onnx on the device and caches it:
+  python3 run_onnx.py --tensorrt --fp16 --json nano-trt.json
 """,
     "raspberry-pi-4": """On the Pi (64-bit Raspberry Pi OS, Python >= 3.9, glibc >= 2.28):
   scp -r {folder} pi@raspberrypi:
   pip install apache-tvm==0.27.0.post1 numpy      # aarch64 manylinux_2_28 wheel
-{link_step}  python3 run.py                                 # the Python below
+{link_step}  python3 run.py --json pi.json                  # verifies, then times it on the Pi
 """,
     "android-arm64": """Android needs a .so linked by the NDK's clang against bionic (a GNU-linked .so will not load):
   export TVM_NDK_CC=$NDK/toolchains/llvm/prebuilt/linux-x86_64/bin/aarch64-linux-android24-clang
@@ -53,10 +47,10 @@ android_rpc apps build it with the NDK), or push it to a device running the TVM 
 It needs a TVM runtime built with CUDA on the Jetson (PyPI has no CUDA build for aarch64):
   scp -r {folder} jetson@nano:
   # on the Nano: build apache/tvm v0.27 runtime with -DUSE_CUDA=ON -DUSE_LLVM=OFF (runtime only), then
-{link_step}  python3 run.py   (the Python below, with dev = tvm.cuda())
+{link_step}  python3 run.py --json nano.json   (runs on the GPU: --device cuda is the default here)
 Caveat: JetPack 4.6 (the Nano's last) ships CUDA 10.2; a cubin from a newer toolkit is not guaranteed to
-load on that driver. The fall-back that always works on the device: TensorRT from model.onnx
-  /usr/src/tensorrt/bin/trtexec --onnx={folder}/model.onnx --saveEngine=model.plan --fp16
+load on that driver. The fall-back that always works on the device: TensorRT (JetPack's) from model.onnx
+  python3 run.py --tensorrt --fp16 --json nano-trt.json   # builds and caches the engine on the Nano
 """,
 }
 
@@ -75,8 +69,10 @@ def _pace_lines(manifest: Manifest) -> list[str]:
 
 
 def artifact_readme(manifest: Manifest, row: ExportTarget, folder: str = "ARTIFACT",
-                    files: Sequence[str] | None = None) -> str:
-    """The folder's README.txt; ``files``: the folder's files besides manifest.json (default: the manifest's)."""
+                    files: Sequence[str] | None = None, roles: dict[str, str] | None = None) -> str:
+    """The folder's README.txt; ``files``: the folder's files besides manifest.json (default: the manifest's);
+    ``roles``: their roles (default: the manifest's), which say whether a run script is there."""
+    roles = roles if roles is not None else {name: meta.get("role", "") for name, meta in manifest.files.items()}
     target = manifest.target or {}
     library = target.get("library")
     pre = manifest.preprocess
@@ -104,11 +100,12 @@ def artifact_readme(manifest: Manifest, row: ExportTarget, folder: str = "ARTIFA
         "On the device:",
         steps.rstrip("\n"),
     ]
-    if library:
-        device = "tvm.cuda()" if row.kind == "cuda" else "tvm.cpu()"
-        run_library = library.replace(".tar", ".so")
-        lines += ["", "run.py:", _RUN_TVM.format(folder=folder, library=run_library, device=device,
-                                                 frame_doc=frame_doc).rstrip("\n")]
+    script = next((name for name, role in (roles or {}).items() if role == "script"), None)
+    if script:
+        tensorrt = ", --tensorrt [--fp16]" if row.kind in ("onnx", "cuda") else ""
+        lines += ["", _SCRIPT_USE.format(script=script, folder=folder,
+                                         engine="TvmEngine" if library else "OnnxRuntimeEngine",
+                                         extra=tensorrt).rstrip("\n")]
     for note in target.get("notes", []):
         lines.append(f"Note: {note}")
     lines += ["", f"Check the folder: tsm-export verify {folder}"

@@ -83,7 +83,7 @@ def test_default_exports_to_onnx_and_tvm_with_parity(model, artifact):
     manifest = load_manifest(artifact)
     assert (manifest.model["frame_stride"], manifest.model["segments"]) == (3.99, 8)  # the pace travels along
     readme = (artifact / "README.txt").read_text()
-    assert "Files: README.txt, model.onnx, model.so, reference.npz and manifest.json" in readme
+    assert "Files: README.txt, model.onnx, model.so, reference.npz, run.py and manifest.json" in readme
     assert "run it on one camera frame in 4 and average the logits of the last 4 steps" in readme
     frames = deterministic_frames(16, model.input_size)
     expected = stream_torch(model, frames)

@@ -1,10 +1,11 @@
 """aarch64 artifacts checked numerically under qemu user-mode emulation.
 
-The emulated checks run in ONE emulated process per test session (importing
-TVM costs seconds under qemu): a deliberately corrupted library first (it
-crashes that process, so the rest run in a second one), then the
+Each artifact's own run.py runs under qemu with --no-timing, one emulated
+process per artifact (importing TVM costs seconds there): a deliberately
+corrupted library first (it crashes or fails only its own process), then the
 raspberry-pi-4 artifact of a small model, the android-arm64 artifact (a .tar
-linked against glibc for the check) and the full-size 224 model.
+linked against glibc for the check, checked with the run.py template since
+an Android artifact ships none) and the full-size 224 model.
 
 They skip only when qemu-user-static / debootstrap / the aarch64 cross
 compiler are genuinely absent, and never in CI (``CI`` set), where
@@ -97,6 +98,7 @@ def test_raspberry_pi_artifact_matches_pytorch_under_emulation(emulated, name):
     assert result.max_abs_reference > 1.0        # non-trivial logits, so the comparison means something
     assert result.n_frames == 16
     assert EMULATED_TIMING_NOTE in result.notes
+    assert "ran the artifact's own run.py under qemu with --no-timing" in result.notes
     assert "max abs diff vs PyTorch" in result.summary()
 
 
@@ -106,6 +108,7 @@ def test_android_object_files_are_linked_against_glibc_for_the_check_only(emulat
     assert result.library == "model.tar"
     assert any("against glibc" in note and "for this check only" in note and "NDK" in note
                for note in result.notes), result.notes
+    assert any("has no run.py: checked with online-tsm's template" in note for note in result.notes), result.notes
 
 
 def test_corrupted_library_fails_clearly_and_the_other_checks_still_run(emulated):
@@ -239,7 +242,7 @@ def test_tolerance_is_relative_with_a_floor():
 
 
 def test_emulated_python_that_cannot_start_is_reported_in_one_line(tmp_path):
-    from online_tsm.export.emulate import _run_emulated
+    from online_tsm.export.emulate import _Plan, _run_emulated
     from online_tsm.export.sysroot import Sysroot
 
     fake_qemu = tmp_path / "qemu-aarch64-static"
@@ -249,4 +252,5 @@ def test_emulated_python_that_cannot_start_is_reported_in_one_line(tmp_path):
                       qemu=str(fake_qemu), info={})
     with pytest.raises(EmulationUnavailable, match=r"exited with code 1 before checking anything: qemu: could not "
                                                    r"open /lib/ld-linux-aarch64\.so\.1 .*delete"):
-        _run_emulated(sysroot, [{"id": "0"}], tmp_path)
+        _run_emulated(sysroot, _Plan(EmulatedCheck(tmp_path, "raspberry-pi-4", n_frames=16), None, None,
+                                     tmp_path / "artifact-0", "run.py", False), tmp_path)

@@ -64,9 +64,10 @@ def test_full_model_export_reproduces_pytorch(export_cache, full_weights, target
 def test_onnx_artifact_folder_and_manifest(export_cache, small_weights):
     folder = export_cache("small-onnx", small_weights, "onnx")
     manifest = load_manifest(folder)  # verifies every sha256
-    assert sorted(p.name for p in folder.iterdir()) == ["README.txt", "manifest.json", "model.onnx", "reference.npz"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.txt", "manifest.json", "model.onnx", "reference.npz",
+                                                        "run_onnx.py"]
     assert {n: m["role"] for n, m in manifest.files.items()} == {
-        "model.onnx": "onnx", "reference.npz": "reference", "README.txt": "readme"}
+        "model.onnx": "onnx", "reference.npz": "reference", "README.txt": "readme", "run_onnx.py": "script"}
     assert [s.name for s in manifest.inputs] == ["frame"] + [f"shift_{k}" for k in range(10)]
     assert [s.name for s in manifest.outputs] == ["logits"] + [f"shift_out_{k}" for k in range(10)]
     assert [(b.input, b.output, b.init) for b in manifest.buffers] == [
@@ -77,7 +78,7 @@ def test_onnx_artifact_folder_and_manifest(export_cache, small_weights):
     reference = read_reference(folder / "reference.npz")
     assert reference.shape == (16, 10) and reference.dtype == np.float32
     readme = (folder / "README.txt").read_text()
-    assert "Files: README.txt, model.onnx, reference.npz and manifest.json" in readme
+    assert "Files: README.txt, model.onnx, reference.npz, run_onnx.py and manifest.json" in readme
     assert "Pace:" not in readme   # a checkpoint without a recorded training pace: nothing to say
 
 
@@ -330,6 +331,6 @@ def test_tune_is_refused_for_cross_targets(capsys, small_weights, tmp_path):
 
 def test_readme_says_what_to_copy(export_cache, small_weights):
     text = (export_cache("small-raspberry-pi-4", small_weights, "raspberry-pi-4") / "README.txt").read_text()
-    assert "scp -r" in text and "apache-tvm" in text and "VirtualMachine" in text
+    assert "scp -r" in text and "apache-tvm" in text and "python3 run.py --json" in text
     manifest = json.loads((export_cache("small-jetson-nano", small_weights, "jetson-nano") / "manifest.json").read_text())
     assert manifest["files"]["README.txt"]["role"] == "readme"

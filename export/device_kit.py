@@ -1,0 +1,63 @@
+"""What an artifact carries to run on the device by itself: ``run.py`` / ``run_onnx.py`` and its tolerance rule.
+
+The script is :mod:`online_tsm.export.device_run`, a template that imports
+only numpy and one runtime, copied verbatim into the folder: the file that
+``tsm-export verify --emulate`` runs under qemu is the file the user runs on
+the device.  It reads everything from ``manifest.json``, including the
+verification tolerance, which is written here from the package's own
+constants (``reference`` for the same architecture, ``emulate`` for another),
+so the device, ``tsm-export verify`` and the emulated check apply one rule.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from online_tsm.export.manifest import Manifest
+from online_tsm.export.targets import ExportTarget
+
+TEMPLATE = Path(__file__).with_name("device_run.py")
+RUN_SCRIPT = "run.py"           # artifacts with a TVM library
+RUN_ONNX_SCRIPT = "run_onnx.py"  # the onnx artifact (ONNX Runtime or TensorRT)
+SCRIPT_ROLE = "script"
+
+
+def verification_rule() -> dict[str, float]:
+    """The tolerance parameters: ``max(absolute, relative x max |reference logit|)``.
+
+    ``relative`` holds where the reference was computed (same CPU
+    architecture, as ``tsm-export verify`` runs a host artifact);
+    ``relative_other_machine`` for another architecture or a GPU (as the
+    emulated aarch64 check), where float32 sums run in another order.
+    """
+    from online_tsm.export import emulate, reference
+
+    return {"absolute": reference.ABSOLUTE_TOLERANCE, "relative": reference.RELATIVE_TOLERANCE,
+            "relative_other_machine": emulate.RELATIVE_TOLERANCE}
+
+
+def script_name(row: ExportTarget, library: str | None) -> str | None:
+    """``run.py`` for a TVM library a glibc Python can load (a ``.tar`` once linked), ``run_onnx.py`` for onnx.
+
+    An Android library needs an app around it (no Python TVM wheel for bionic),
+    so its artifact gets a script only when the export linked a ``.so``.
+    """
+    if row.kind == "onnx":
+        return RUN_ONNX_SCRIPT
+    if library and (library.endswith(".so") or row.library_glibc):
+        return RUN_SCRIPT
+    return None
+
+
+def add_device_kit(out: Path, manifest: Manifest, row: ExportTarget) -> dict[str, str]:
+    """Copy the script into ``out`` and record the rule in ``manifest.target``; return ``{file: role}``."""
+    manifest.target["verification"] = verification_rule()
+    name = script_name(row, manifest.target.get("library"))
+    if name is None:
+        return {}
+    tmp = out / f".{name}.tmp"
+    shutil.copyfile(TEMPLATE, tmp)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, out / name)
+    return {name: SCRIPT_ROLE}
