@@ -14,12 +14,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from online_tsm.errors import OnlineTSMError
+
 MANIFEST_NAME = "manifest.json"
 ARTIFACT_FORMAT = "online-tsm-artifact"
 ARTIFACT_VERSION = 1
 
 
-class ManifestError(ValueError):
+class ManifestError(OnlineTSMError, ValueError):
     """An export folder is missing, incomplete, or does not match its manifest."""
 
 

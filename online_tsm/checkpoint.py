@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import torch
 
+from online_tsm.errors import OnlineTSMError
 from online_tsm.labels import default_labels
 from online_tsm.models.mobilenet_v2 import DEFAULT_SHIFT_BLOCKS, MobileNetV2TSM
 from online_tsm.preprocess import IMAGENET_MEAN, IMAGENET_STD
@@ -40,7 +41,7 @@ CHECKPOINT_FORMATS = ("online-tsm", "upstream-online", "upstream-offline")
 _KNOWN_WIDTHS = (1.0, 0.5, 0.75, 0.35, 0.25, 1.25, 1.4, 1.5, 2.0)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(OnlineTSMError, ValueError):
     """A file is not a checkpoint we can load, or does not fit the model."""
 
 

@@ -10,8 +10,9 @@ import sys
 from typing import Callable, Sequence
 
 
-class UserError(Exception):
-    """A problem with the user's input or machine, reported as one line (exit code 2)."""
+from online_tsm.errors import OnlineTSMError, UserError
+
+__all__ = ["OnlineTSMError", "UserError", "add_debug_flag", "run_cli"]
 
 
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +36,7 @@ def run_cli(main: Callable[[argparse.Namespace], int | None], parser: argparse.A
         if getattr(args, "debug", False):
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        known = isinstance(exc, (UserError, ValueError, FileNotFoundError, PermissionError, LookupError))
+        known = isinstance(exc, (OnlineTSMError, ValueError, FileNotFoundError, PermissionError, LookupError))
         print(f"error: {message}" + ("" if known else f" ({type(exc).__name__}; rerun with --debug for details)"),
               file=sys.stderr)
         return 2 if known else 1

@@ -15,11 +15,12 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from online_tsm.errors import OnlineTSMError
 from online_tsm.labels import JESTER_LABELS
 from online_tsm.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 
-class WeightsError(RuntimeError):
+class WeightsError(OnlineTSMError, RuntimeError):
     """A named weight could not be found, fetched or verified."""
 
 

@@ -83,6 +83,6 @@ class TvmRpcRuntime(TvmRuntime):
         """Per-frame time on the device (``time_evaluator``, network round-trips excluded)."""
         return self.device_time(n, repeat)
 
-    def close(self) -> None:
-        super().close()
+    def _release(self) -> None:
+        super()._release()
         self.remote = None  # dropping the session closes the connection
