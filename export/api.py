@@ -126,8 +126,8 @@ def prepare_out_dir(out_dir: str | os.PathLike, force: bool) -> Path:
         if not force:
             raise UserError(f"output folder {path} already exists and is not empty; pass --force to replace it")
         if not _is_artifact_folder(path):
-            raise UserError(f"refusing to replace {path}: --force replaces only a folder written by tsm-export "
-                            f"(its {MANIFEST_NAME} has format {ARTIFACT_FORMAT!r}); choose another -o")
+            raise UserError(f"refusing to replace {path}: it is not a tsm-export artifact folder (expected a "
+                            f"{MANIFEST_NAME} of format {ARTIFACT_FORMAT!r}); choose another -o")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tsm-export-", dir=path.parent)) / path.name
     staging.mkdir()

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import torch
 
 from online_tsm.errors import OnlineTSMError
+from online_tsm.fileio import atomic_path
 from online_tsm.labels import default_labels
 from online_tsm.models.mobilenet_v2 import DEFAULT_SHIFT_BLOCKS, MobileNetV2TSM
 from online_tsm.preprocess import IMAGENET_MEAN, IMAGENET_STD
@@ -353,7 +354,7 @@ def save_checkpoint(model: MobileNetV2TSM, path: str | os.PathLike, *, fmt: str 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "upstream-online":
-        torch.save(state, path)
+        _atomic_save(state, path)
         return path
     if fmt == "upstream-offline":
         shifted = {f"features.{b + 1}.conv.0." for b in model.shift_blocks}
@@ -366,7 +367,7 @@ def save_checkpoint(model: MobileNetV2TSM, path: str | os.PathLike, *, fmt: str 
             if prefix:
                 k = prefix + "net." + k[len(prefix):]
             out["module.base_model." + k] = v
-        torch.save({"epoch": 0, "arch": "mobilenetv2", "state_dict": out}, path)
+        _atomic_save({"epoch": 0, "arch": "mobilenetv2", "state_dict": out}, path)
         return path
     if half:
         state = {k: (v.half() if torch.is_floating_point(v) else v) for k, v in state.items()}
@@ -378,5 +379,11 @@ def save_checkpoint(model: MobileNetV2TSM, path: str | os.PathLike, *, fmt: str 
     meta["shift_blocks"] = list(info.shift_blocks)
     meta["extra"] = dict(extra or info.extra)
     payload.update(meta)
-    torch.save(payload, path)
+    _atomic_save(payload, path)
     return path
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary name, then rename: a run killed mid-save keeps the previous best.pt whole."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)

@@ -72,3 +72,14 @@ def file_lock(path: str | os.PathLike, on_wait: Callable[[], None] | None = None
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def natural_key(path: str | os.PathLike) -> list[object]:
+    """Sort key that orders numbered names as people count: ``1.png, 2.png, ..., 10.png`` (not ``1, 10, 2``).
+
+    Extracted video frames are numbered without zero padding often enough
+    that a plain sort would scramble the motion.
+    """
+    import re
+
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", Path(path).name)]
