@@ -8,13 +8,13 @@ spirit of MoViNet's streaming states: the buffer that comes out as
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from online_tsm.errors import OnlineTSMError
+from online_tsm.fileio import atomic_write, sha256_file
 
 MANIFEST_NAME = "manifest.json"
 ARTIFACT_FORMAT = "online-tsm-artifact"
@@ -81,12 +81,7 @@ class Manifest:
         return json.dumps(asdict(self), indent=2) + "\n"
 
 
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+sha256_of = sha256_file  # the one file hash of the toolkit (also what weights downloads are checked with)
 
 
 def write_manifest(directory: str | Path, manifest: Manifest, roles: dict[str, str] | None = None) -> Path:
@@ -98,7 +93,7 @@ def write_manifest(directory: str | Path, manifest: Manifest, roles: dict[str, s
         for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST_NAME
     }
     path = directory / MANIFEST_NAME
-    path.write_text(manifest.to_json())
+    atomic_write(path, manifest.to_json())
     return path
 
 

@@ -7,7 +7,6 @@ substituted file is never loaded.
 """
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import sys
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from online_tsm.errors import OnlineTSMError
-from online_tsm.fileio import atomic_write, file_lock
+from online_tsm.fileio import atomic_write, file_lock, sha256_file
 from online_tsm.labels import JESTER_LABELS
 from online_tsm.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
@@ -90,14 +89,6 @@ def cache_dir() -> Path:
         return Path(os.environ["ONLINE_TSM_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "online-tsm"
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class IncompleteDownload(OSError):
