@@ -9,6 +9,7 @@ spirit of MoViNet's streaming states: the buffer that comes out as
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,10 @@ def _check_fields(data: dict[str, Any]) -> str | None:
     labels = data["model"].get("labels")
     if labels is not None and (not isinstance(labels, list) or not all(isinstance(v, str) for v in labels)):
         return "field model.labels: expected a list of strings"
+    stride = data["model"].get("frame_stride")
+    if stride is not None and (isinstance(stride, bool) or not isinstance(stride, (int, float))
+                               or not math.isfinite(stride) or stride <= 0):
+        return f"field model.frame_stride: expected a finite positive number, got {stride!r}"
     return None
 
 
@@ -191,6 +196,10 @@ def load_manifest(directory: str | Path, verify_files: bool = True) -> Manifest:
         if role_name not in {s.name for s in manifest.inputs} | {s.name for s in manifest.outputs}:
             raise ManifestError(f"{path}: field frame_input/logits_output names {role_name!r}, which is not among "
                                 "the inputs/outputs")
+    n_class = (manifest.spec(manifest.logits_output).shape or [0])[-1]
+    if manifest.labels and len(manifest.labels) != n_class:
+        raise ManifestError(f"{path}: field model.labels: expected {n_class} names (the logits' size), got "
+                            f"{len(manifest.labels)}")
     names = {s.name for s in manifest.inputs} | {s.name for s in manifest.outputs}
     for pair in manifest.buffers:
         if pair.input not in names or pair.output not in names:

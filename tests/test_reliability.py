@@ -149,6 +149,9 @@ def test_manifest_file_names_must_stay_inside_the_folder(manifest_folder, name):
     (lambda d: d["preprocess"].update(std=[0.2, 0, 0.2]), r"field preprocess.std: expected a list of positive"),
     (lambda d: d["preprocess"].pop("input_size"), r"field preprocess.input_size: expected a positive integer"),
     (lambda d: d.update(logits_output="scores"), r"field frame_input/logits_output names 'scores'"),
+    (lambda d: d["model"].update(labels=["a", "b"]),
+     r"field model.labels: expected 3 names \(the logits' size\), got 2"),
+    (lambda d: d["model"].update(frame_stride=1e999), r"field model.frame_stride: expected a finite positive number"),
 ])
 def test_manifest_fields_are_checked_on_load(manifest_folder, change, message):
     _edit_manifest(manifest_folder, change)
@@ -396,6 +399,8 @@ def damaged_data(tmp_path_factory) -> Path:
 
 def test_unreadable_clips_are_skipped_and_training_completes(damaged_data, tmp_path, capsys):
     out = tmp_path / "run"
+    out.mkdir()
+    (out / "best.pt").write_bytes(b"an earlier run's model")  # must survive this run
     rc = train_cli.main(["--data", str(damaged_data), "--width", "0.25", "--input-size", "32", "--segments", "4",
                          "--val-fraction", "0", "--epochs", "1", "--batch-size", "4", "--threads", "1",
                          "--no-progress", "--out", str(out)])
@@ -406,7 +411,9 @@ def test_unreadable_clips_are_skipped_and_training_completes(damaged_data, tmp_p
     assert "corrupt_frames (1.png does not decode" in err
     assert "warning: skipping an unreadable clip (cannot read image" in err and "goes_bad" in err
     assert "1 of " in err and "skipped so far" in err
-    assert (out / "best.pt").is_file()
+    assert (out / "best.pt").read_bytes() == b"an earlier run's model"
+    assert f"writing to {tmp_path / 'run-2'} ({out} already holds a run; pass --exist-ok" in err
+    assert load_model(tmp_path / "run-2" / "best.pt").info.labels == sorted(p.name for p in damaged_data.iterdir())
 
 
 def test_training_from_scratch_on_few_clips_warns(damaged_data, tmp_path):

@@ -96,11 +96,11 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from online_tsm.training.loop import TrainConfig, train
 
     cfg = TrainConfig(
-        data=args.data, data_format=args.data_format, out=Path(args.out), exist_ok=args.exist_ok, segments=args.segments, shift=args.shift,
+        data=args.data, data_format=args.data_format, out=Path(args.out), segments=args.segments, shift=args.shift,
         width=args.width, input_size=args.input_size, init=args.init, freeze_backbone=args.freeze_backbone,
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-        seed=args.seed,
+        seed=args.seed, exist_ok=args.exist_ok,
         threads=args.threads, workers=args.workers, val_fraction=args.val_fraction, hflip=args.hflip,
         augment=not args.no_augment,
         train_clips=args.train_clips, val_clips=args.val_clips, train_list=args.train_list,
