@@ -411,6 +411,7 @@ def test_unreadable_clips_are_skipped_and_training_completes(damaged_data, tmp_p
     assert "corrupt_frames (1.png does not decode" in err
     assert "warning: skipping an unreadable clip (cannot read image" in err and "goes_bad" in err
     assert "1 of " in err and "skipped so far" in err
+    assert "warning: training from scratch on 1-2 clips per class (fewer than 200)" in err
     assert (out / "best.pt").read_bytes() == b"an earlier run's model"
     assert f"writing to {tmp_path / 'run-2'} ({out} already holds a run; pass --exist-ok" in err
     assert load_model(tmp_path / "run-2" / "best.pt").info.labels == sorted(p.name for p in damaged_data.iterdir())
