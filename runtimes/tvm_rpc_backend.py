@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 import queue
+import threading
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Callable
@@ -70,7 +70,7 @@ class _ConnectionThread:
         self._jobs.put((work, future))
         return future
 
-    def shutdown(self, wait: bool = False) -> None:
+    def shutdown(self) -> None:
         self._jobs.put(None)
 
     def _loop(self) -> None:
@@ -109,10 +109,10 @@ class TvmRpcRuntime(TvmRuntime):
             self.remote = self._within_timeout(
                 lambda: rpc.connect(host, port, session_timeout=self._session_timeout), "connecting")
         except RpcTimeoutError:
-            self._worker.shutdown(wait=False)
+            self._worker.shutdown()
             raise
         except Exception as exc:  # noqa: BLE001
-            self._worker.shutdown(wait=False)
+            self._worker.shutdown()
             raise RuntimeOpenError(f"could not connect to a TVM RPC server at {host}:{port} ({_first_line(exc)}); "
                                    f"start one on the device: python -m tvm.exec.rpc_server --host DEVICE_IP "
                                    f"--port {port} (on a trusted network only: the server is unauthenticated)"
@@ -126,6 +126,7 @@ class TvmRpcRuntime(TvmRuntime):
             device = self.remote.cuda(device_id) if kind == "cuda" else self.remote.cpu(0)
             self._vm = tvm.relax.VirtualMachine(lib, device)
         except Exception as exc:  # noqa: BLE001
+            self._worker.shutdown()
             raise RuntimeOpenError(f"the RPC server at {host}:{port} could not load {self._library.name}, which is "
                                    f"built for {arch} ({kind}): is the device {arch}? ({_first_line(exc)})") from exc
         if threads:
@@ -173,4 +174,4 @@ class TvmRpcRuntime(TvmRuntime):
     def _release(self) -> None:
         super()._release()
         self.remote = None  # dropping the session closes the connection
-        self._worker.shutdown(wait=False)
+        self._worker.shutdown()
