@@ -93,3 +93,19 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def cached_file(path: str | os.PathLike, make: Callable[[], bytes]) -> Path:
+    """``path``, first written with ``make()`` if it does not exist: once, atomically, under a lock.
+
+    For caches that are expensive to fill (a TensorRT engine takes minutes):
+    a second process waits for the first's result instead of building its
+    own, and a build that is killed or fails leaves nothing under ``path``.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    with file_lock(path.with_name(path.name + ".lock")):
+        if not path.is_file():  # another process may have written it while this one waited
+            atomic_write(path, make())
+    return path

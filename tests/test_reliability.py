@@ -19,7 +19,7 @@ from online_tsm import weights
 from online_tsm.checkpoint import CheckpointError, load_model, save_checkpoint
 from online_tsm.errors import FrameError, OnlineTSMError, UserError
 from online_tsm.export.manifest import ManifestError, load_manifest, write_manifest
-from online_tsm.fileio import atomic_path, atomic_write, file_lock, natural_key
+from online_tsm.fileio import atomic_path, atomic_write, cached_file, file_lock, natural_key
 from online_tsm.models import MobileNetV2TSM
 from online_tsm.preprocess import preprocess_frame
 from online_tsm.training import cli as train_cli
@@ -177,6 +177,28 @@ def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path):
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["cache.bin"]
     atomic_write(path, "new")
     assert path.read_text() == "new" and oct(path.stat().st_mode & 0o777) != oct(0o600)
+
+
+def test_cached_files_are_built_once_and_never_left_half_written(tmp_path):
+    """What the TensorRT engine cache relies on: one build for two openers, nothing left by a failed build."""
+    path = tmp_path / "engines" / "model.engine"
+    with pytest.raises(RuntimeError):
+        cached_file(path, lambda: (_ for _ in ()).throw(RuntimeError("builder crashed")))
+    assert not path.exists() and [p.name for p in path.parent.iterdir()] == ["model.engine.lock"]
+
+    builds = []
+
+    def slow_build() -> bytes:
+        builds.append(1)
+        time.sleep(0.3)
+        return b"engine"
+
+    threads = [threading.Thread(target=cached_file, args=(path, slow_build)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert path.read_bytes() == b"engine" and len(builds) == 1
 
 
 def test_cuda_stub_is_never_left_half_built(tmp_path, monkeypatch):
