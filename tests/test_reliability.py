@@ -358,15 +358,18 @@ def test_mismatch_says_how_to_start_over(http_weights):
 
 def test_a_second_process_waits_instead_of_sharing_the_part_file(http_weights, capsys):
     server, entry, cache = http_weights
-    result = {}
+    result, err = {}, ""
     with file_lock(cache / (entry.filename + ".lock")):   # another process is downloading
         worker = threading.Thread(target=lambda: result.update(path=fetch_weights("jester")))
         worker.start()
-        time.sleep(0.5)
-        assert server.requests == [] and not (cache / (entry.filename + ".part")).exists()
-    worker.join(30)
+        deadline = time.monotonic() + 60
+        while "waiting for another process downloading" not in err and time.monotonic() < deadline:
+            time.sleep(0.05)
+            err += capsys.readouterr().err
+        assert "waiting for another process downloading" in err    # it is blocked on the lock ...
+        assert server.requests == [] and not (cache / (entry.filename + ".part")).exists()  # ... writing nothing
+    worker.join(60)
     assert result["path"].read_bytes() == server.payload
-    assert "waiting for another process downloading" in capsys.readouterr().err
 
 
 # -- training data ---------------------------------------------------------------------------------------------

@@ -114,13 +114,13 @@ def test_tvm_rpc_timeout_must_be_positive(small_artifact):
 def test_tvm_rpc_step_times_out_when_the_device_stops_answering(small_artifact, tmp_path):
     proc, port = start_rpc_server(tmp_path / "server.log")
     try:
-        rt = open_runtime(small_artifact, "tvm-rpc", address=f"127.0.0.1:{port}", timeout=3)
+        rt = open_runtime(small_artifact, "tvm-rpc", address=f"127.0.0.1:{port}", timeout=8)
         stream = rt.new_stream()
         frame = _frames(rt, 1)[0]
         assert np.isfinite(stream.step(frame)).all()
         os.killpg(proc.pid, signal.SIGSTOP)  # the device hangs (or the network drops everything)
         try:
-            with pytest.raises(RpcTimeoutError, match=rf"127.0.0.1:{port} did not answer a step within 3 s"):
+            with pytest.raises(RpcTimeoutError, match=rf"127.0.0.1:{port} did not answer a step within 8 s"):
                 stream.step(frame)
             with pytest.raises(RpcTimeoutError, match="open a new runtime once it is reachable"):
                 stream.step(frame)  # the connection is in an unknown state: refused at once
