@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not emulation and not network"
+	$(PY) -m pytest -q -m "not slow and not emulation and not network and not soak"
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -94,20 +94,73 @@ def _model_name(weights_or_model: Any) -> str:
     return Path(text).stem.split(".")[0] if os.sep in text or Path(text).suffix else text
 
 
+def _is_artifact_folder(path: Path) -> bool:
+    """Whether ``path`` holds an online-tsm export: a ``manifest.json`` of our format, not just any manifest."""
+    import json
+
+    from online_tsm.export.manifest import ARTIFACT_FORMAT
+
+    try:
+        data = json.loads((path / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == ARTIFACT_FORMAT
+
+
 def prepare_out_dir(out_dir: str | os.PathLike, force: bool) -> Path:
-    """Create ``out_dir``; an existing non-empty folder needs ``force`` and must be an artifact (never wipe others)."""
+    """A fresh staging folder to export into; :func:`publish_out_dir` moves it to ``out_dir`` when complete.
+
+    An existing non-empty ``out_dir`` needs ``force`` and must be an online-tsm
+    export (its manifest says so): a folder with some other ``manifest.json``
+    (a web app's, an extension's) is never touched.  The staging folder lies
+    beside ``out_dir`` (same file system, so the final move is a rename) and
+    has the same name, so files that mention the folder name are right.
+    """
+    import tempfile
+
+    from online_tsm.export.manifest import ARTIFACT_FORMAT
+
     path = Path(out_dir).expanduser()
     if path.exists() and not path.is_dir():
         raise UserError(f"output path {path} exists and is not a folder")
     if path.is_dir() and any(path.iterdir()):
         if not force:
             raise UserError(f"output folder {path} already exists and is not empty; pass --force to replace it")
-        if not (path / MANIFEST_NAME).is_file():
-            raise UserError(f"refusing to replace {path}: it is not a tsm-export artifact folder (no "
-                            f"{MANIFEST_NAME}); choose another -o")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
+        if not _is_artifact_folder(path):
+            raise UserError(f"refusing to replace {path}: it is not a tsm-export artifact folder (expected a "
+                            f"{MANIFEST_NAME} of format {ARTIFACT_FORMAT!r}); choose another -o")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tsm-export-", dir=path.parent)) / path.name
+    staging.mkdir()
+    return staging
+
+
+def publish_out_dir(staging: Path, out_dir: str | os.PathLike) -> Path:
+    """Move the complete export ``staging`` to ``out_dir``, replacing the artifact (or empty folder) there.
+
+    The old artifact is renamed aside first and deleted only once the new
+    one is in place, so at every moment ``out_dir`` holds a complete export.
+    """
+    path = Path(out_dir).expanduser()
+    holder = staging.parent
+    old = holder / f"{path.name}.old"
+    if path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+    elif path.exists():
+        os.rename(path, old)
+    try:
+        os.rename(staging, path)
+    except OSError:
+        if old.exists() and not path.exists():
+            os.rename(old, path)     # put the previous export back
+        raise
+    shutil.rmtree(holder, ignore_errors=True)
     return path
+
+
+def discard_out_dir(staging: Path) -> None:
+    """Remove a staging folder after a failed export; ``out_dir`` was never touched."""
+    shutil.rmtree(staging.parent, ignore_errors=True)
 
 
 # -- manifest pieces -------------------------------------------------------------------------
@@ -179,18 +232,17 @@ def export_artifact(weights_or_model: Any, target: str, out_dir: str | os.PathLi
     if tune < 0:
         raise UserError(f"--tune must be >= 0, got {tune}")
     model = load_export_model(weights_or_model, input_size, shift)
-    existed = Path(out_dir).expanduser().is_dir()
-    out = prepare_out_dir(out_dir, force)
+    staging = prepare_out_dir(out_dir, force)
     try:
-        return _export(model, row, out, say, name=_model_name(weights_or_model), shift=shift, opset=opset,
-                       fold=fold_preprocess, camera_size=camera_size, color_order=color_order, tune=tune,
-                       library=library)
+        _export(model, row, staging, say, name=_model_name(weights_or_model), shift=shift, opset=opset,
+                fold=fold_preprocess, camera_size=camera_size, color_order=color_order, tune=tune,
+                library=library)
+        out = publish_out_dir(staging, out_dir)
     except BaseException:
-        # never leave a half-written folder behind (it is ours: new, empty, or an artifact replaced by --force)
-        shutil.rmtree(out, ignore_errors=True)
-        if existed:
-            out.mkdir(parents=True, exist_ok=True)
+        discard_out_dir(staging)  # a failed export leaves the previous one (or nothing) where it was
         raise
+    say(f"wrote {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
+    return out
 
 
 def _export(model: MobileNetV2TSM, row: ExportTarget, out: Path, say: Progress, *, name: str, shift: str,
@@ -271,7 +323,6 @@ def _export(model: MobileNetV2TSM, row: ExportTarget, out: Path, say: Progress, 
     roles.update(add_device_kit(out, manifest, row))   # run.py / run_onnx.py: verify and time on the device
     (out / README_NAME).write_text(artifact_readme(manifest, row, out.name, files=sorted(roles), roles=roles))
     write_manifest(out, manifest, roles)
-    say(f"wrote {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
     return out
 
 

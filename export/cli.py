@@ -41,7 +41,9 @@ def _export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--library", choices=("auto", "so", "tar"), default="auto",
                         help="so: fail unless a shared library can be linked here; tar: object archive; "
                              "auto (default): .so when a linker is present")
-    parser.add_argument("--force", action="store_true", help="replace an existing artifact folder")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing folder written by tsm-export (any other folder is refused); the "
+                             "old export stays in place until the new one is complete")
     parser.add_argument("--list-targets", action="store_true", help="print the targets table and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     add_debug_flag(parser)

@@ -58,13 +58,16 @@ def stub_driver() -> Path:
     compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if compiler is None:
         raise RuntimeError("no C compiler (cc/gcc) to build the CUDA driver stub; install gcc")
+    from online_tsm.fileio import atomic_path, atomic_write, file_lock
+
     folder.mkdir(parents=True, exist_ok=True)
-    source = folder / "libcuda_stub.c"
-    source.write_text(_STUB_SOURCE)
-    tmp = folder / f"libcuda.so.1.{os.getpid()}"
-    subprocess.run([compiler, "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(tmp), str(source)],
-                   check=True, capture_output=True)
-    tmp.replace(path)
+    with file_lock(folder / ".build.lock"):  # two exports at once: one builds, the other waits and reuses it
+        if path.is_file():
+            return path
+        source = atomic_write(folder / "libcuda_stub.c", _STUB_SOURCE)
+        with atomic_path(path) as tmp:  # a killed compiler never leaves a truncated libcuda.so.1
+            subprocess.run([compiler, "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(tmp),
+                            str(source)], check=True, capture_output=True)
     return path
 
 

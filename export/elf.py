@@ -12,6 +12,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from online_tsm.errors import OnlineTSMError
+
 EM_X86_64 = 62
 EM_AARCH64 = 183
 EM_CUDA = 190
@@ -19,7 +21,7 @@ MACHINE_NAMES = {3: "x86", 40: "arm", EM_X86_64: "x86-64", EM_AARCH64: "aarch64"
 _PTX_TARGET = re.compile(rb"\.target\s+(sm_\d+)")
 
 
-class ElfError(ValueError):
+class ElfError(OnlineTSMError, ValueError):
     """Not an ELF file (or a truncated one)."""
 
 

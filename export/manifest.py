@@ -8,18 +8,21 @@ spirit of MoViNet's streaming states: the buffer that comes out as
 """
 from __future__ import annotations
 
-import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from online_tsm.errors import OnlineTSMError
+from online_tsm.fileio import atomic_write, sha256_file
 
 MANIFEST_NAME = "manifest.json"
 ARTIFACT_FORMAT = "online-tsm-artifact"
 ARTIFACT_VERSION = 1
 
 
-class ManifestError(ValueError):
+class ManifestError(OnlineTSMError, ValueError):
     """An export folder is missing, incomplete, or does not match its manifest."""
 
 
@@ -79,12 +82,7 @@ class Manifest:
         return json.dumps(asdict(self), indent=2) + "\n"
 
 
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+sha256_of = sha256_file  # the one file hash of the toolkit (also what weights downloads are checked with)
 
 
 def write_manifest(directory: str | Path, manifest: Manifest, roles: dict[str, str] | None = None) -> Path:
@@ -96,7 +94,7 @@ def write_manifest(directory: str | Path, manifest: Manifest, roles: dict[str, s
         for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST_NAME
     }
     path = directory / MANIFEST_NAME
-    path.write_text(manifest.to_json())
+    atomic_write(path, manifest.to_json())
     return path
 
 
@@ -106,6 +104,65 @@ def _from_dict(data: dict[str, Any]) -> Manifest:
     data["outputs"] = [TensorSpec(**s) for s in data["outputs"]]
     data["buffers"] = [BufferPair(**b) for b in data["buffers"]]
     return Manifest(**data)
+
+
+def _is_shape(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)
+
+
+def check_file_name(name: Any) -> str | None:
+    """Why ``name`` may not be a file of an export folder, or ``None`` when it is a plain name inside it.
+
+    Names come from a file the user may have been handed: ``../x.so`` or an
+    absolute path would make opening the folder load a library from
+    elsewhere, so only a plain file name (no folder part) is accepted.
+    """
+    if not isinstance(name, str) or not name:
+        return "expected a non-empty file name"
+    if name in (".", "..") or "/" in name or "\\" in name or "\0" in name or Path(name).is_absolute():
+        return "expected a plain file name inside the folder (no folder part, no '..', not absolute)"
+    return None
+
+
+def _check_fields(data: dict[str, Any]) -> str | None:
+    """The first field of a parsed manifest that does not have the expected type, as one line (else ``None``)."""
+    for key in ("model", "preprocess"):
+        if not isinstance(data.get(key), dict):
+            return f"field {key!r}: expected an object, got {type(data.get(key)).__name__}"
+    for key in ("inputs", "outputs", "buffers"):
+        if not isinstance(data.get(key), list):
+            return f"field {key!r}: expected a list, got {type(data.get(key)).__name__}"
+        for i, item in enumerate(data[key]):
+            if not isinstance(item, dict):
+                return f"field {key}[{i}]: expected an object, got {type(item).__name__}"
+            if not _is_shape(item.get("shape")):
+                return f"field {key}[{i}].shape: expected a list of non-negative integers, got {item.get('shape')!r}"
+    for key in ("target", "compiler"):
+        if key in data and not isinstance(data[key], dict):
+            return f"field {key!r}: expected an object, got {type(data[key]).__name__}"
+    files = data.get("files", {})
+    if not isinstance(files, dict):
+        return f"field 'files': expected an object mapping file name to {{sha256, role}}, got {type(files).__name__}"
+    for name, meta in files.items():
+        why = check_file_name(name)
+        if why:
+            return f"field 'files' names {name!r}: {why}"
+        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str):
+            return f"field files[{name!r}]: expected an object with a 'sha256' string"
+    size = data["preprocess"].get("input_size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        return f"field preprocess.input_size: expected a positive integer, got {size!r}"
+    std = data["preprocess"].get("std")
+    if std is not None and (not isinstance(std, list) or not all(isinstance(v, (int, float)) and v > 0 for v in std)):
+        return f"field preprocess.std: expected a list of positive numbers, got {std!r}"
+    labels = data["model"].get("labels")
+    if labels is not None and (not isinstance(labels, list) or not all(isinstance(v, str) for v in labels)):
+        return "field model.labels: expected a list of strings"
+    stride = data["model"].get("frame_stride")
+    if stride is not None and (isinstance(stride, bool) or not isinstance(stride, (int, float))
+                               or not math.isfinite(stride) or stride <= 0):
+        return f"field model.frame_stride: expected a finite positive number, got {stride!r}"
+    return None
 
 
 def load_manifest(directory: str | Path, verify_files: bool = True) -> Manifest:
@@ -122,13 +179,27 @@ def load_manifest(directory: str | Path, verify_files: bool = True) -> Manifest:
         raise ManifestError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != ARTIFACT_FORMAT:
         raise ManifestError(f"{path} is not an online-tsm manifest (expected format {ARTIFACT_FORMAT!r})")
-    if int(data.get("format_version", 0)) > ARTIFACT_VERSION:
-        raise ManifestError(f"{path} has format_version {data.get('format_version')}; this online-tsm reads up to "
+    version = data.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ManifestError(f"{path}: field 'format_version': expected an integer, got {version!r}")
+    if version > ARTIFACT_VERSION:
+        raise ManifestError(f"{path} has format_version {version}; this online-tsm reads up to "
                             f"{ARTIFACT_VERSION} (upgrade online-tsm)")
+    problem = _check_fields(data)
+    if problem:
+        raise ManifestError(f"{path}: {problem}")
     try:
         manifest = _from_dict(data)
     except (KeyError, TypeError) as exc:
         raise ManifestError(f"{path} is missing or has malformed fields: {exc}") from None
+    for role_name in (manifest.frame_input, manifest.logits_output):
+        if role_name not in {s.name for s in manifest.inputs} | {s.name for s in manifest.outputs}:
+            raise ManifestError(f"{path}: field frame_input/logits_output names {role_name!r}, which is not among "
+                                "the inputs/outputs")
+    n_class = (manifest.spec(manifest.logits_output).shape or [0])[-1]
+    if manifest.labels and len(manifest.labels) != n_class:
+        raise ManifestError(f"{path}: field model.labels: expected {n_class} names (the logits' size), got "
+                            f"{len(manifest.labels)}")
     names = {s.name for s in manifest.inputs} | {s.name for s in manifest.outputs}
     for pair in manifest.buffers:
         if pair.input not in names or pair.output not in names:

@@ -16,6 +16,8 @@ import glob
 import os
 from pathlib import Path
 
+from online_tsm.errors import OnlineTSMError
+
 NVRTC_ENV = "ONLINE_TSM_NVRTC"  # path of a libnvrtc.so.12 to use instead of the pip package's
 NVRTC_PACKAGE = "nvidia-cuda-nvrtc-cu12"
 
@@ -47,7 +49,7 @@ template <class T, class F> struct conditional<false, T, F> { typedef F type; };
 _HEADERS = {"cuda/std/cstdint": _CSTDINT, "cuda/std/type_traits": _TYPE_TRAITS}
 
 
-class NvrtcError(RuntimeError):
+class NvrtcError(OnlineTSMError, RuntimeError):
     """NVRTC is missing or refused the kernels."""
 
 

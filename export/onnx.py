@@ -20,6 +20,7 @@ import onnx
 import torch
 
 from online_tsm.checkpoint import model_info
+from online_tsm.errors import OnlineTSMError
 from online_tsm.export.manifest import BufferPair, Manifest, TensorSpec
 from online_tsm.models import MobileNetV2TSM
 from online_tsm.preprocess import resize_size
@@ -28,7 +29,7 @@ FRAME_INPUT = "frame"
 LOGITS_OUTPUT = "logits"
 
 
-class ExportError(RuntimeError):
+class ExportError(OnlineTSMError, RuntimeError):
     """The model could not be exported or the exported graph disagrees with PyTorch."""
 
 

@@ -19,7 +19,6 @@ half-ready sysroot behind.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from online_tsm.cli_util import UserError
+from online_tsm.fileio import file_lock as shared_file_lock
 from online_tsm.weights import cache_dir
 
 DEBIAN_SUITE = "bookworm"
@@ -142,18 +142,24 @@ def emulation_dir() -> Path:
 @contextlib.contextmanager
 def file_lock(path: Path, progress: Progress | None = None) -> Iterator[None]:
     """An exclusive ``flock`` on ``path``: a second process waits (and says so) instead of racing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if progress:
-                progress(f"waiting for another process that is preparing the emulator ({path})")
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    def waiting() -> None:
+        if progress:
+            progress(f"waiting for another process that is preparing the emulator ({path})")
+
+    with shared_file_lock(path, waiting):
+        yield
+
+
+def remove_stale_scratch(base: Path) -> list[Path]:
+    """Delete the scratch folders of builds that were killed (SIGKILL, power loss): ~600 MB each.
+
+    Call only while holding the preparation lock: then no other process is
+    writing a scratch folder, so every one found is left over.
+    """
+    stale = [p for p in base.glob("*.partial-*") if p.is_dir()]
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return stale
 
 
 # -- preparation -----------------------------------------------------------------------------
@@ -249,6 +255,8 @@ def ensure_sysroot(progress: Progress | None = stderr_progress) -> Sysroot:
                     "about a minute, ~600 MB on disk)")
                 if root.exists():          # a folder without READY_FILE is garbage from an old crash
                     shutil.rmtree(root)
+                for folder in remove_stale_scratch(base):
+                    say(f"removed {folder.name}, left over by an interrupted preparation")
                 scratch = base / f"{root.name}.partial-{os.getpid()}"
                 shutil.rmtree(scratch, ignore_errors=True)
                 scratch.mkdir(parents=True)

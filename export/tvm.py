@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from online_tsm.cli_util import UserError
+from online_tsm.errors import OnlineTSMError
 from online_tsm.export.manifest import Manifest
 from online_tsm.export.targets import ExportTarget
 
@@ -48,7 +49,7 @@ Progress = Callable[[str], None]
 SHIPPED_TUNING = Path(__file__).with_name("tuning")
 
 
-class CompileError(RuntimeError):
+class CompileError(OnlineTSMError, RuntimeError):
     """TVM could not compile or link the model for the target."""
 
 
@@ -184,7 +185,15 @@ def tune_cpu(mod, row: ExportTarget, target, trials_per_task: int, progress: Pro
             cpu_graph_rewrites(mod, target))
     n_tasks = sum(1 for _, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
     progress(f"tuning {n_tasks} functions x {trials_per_task} trials with MetaSchedule (records in {cache})")
-    with target:
+    # MetaSchedule appends to the record files of its work folder, and the records point into its workload
+    # file by line number: two tuning runs at once would interleave both.  One at a time (and two tuning runs
+    # on one CPU would disturb each other's measurements anyway).
+    from online_tsm.fileio import file_lock
+
+    def waiting() -> None:
+        progress(f"waiting for another tuning run that writes to {cache}")
+
+    with file_lock(cache / ".tune.lock", waiting), target:
         relax.transform.MetaScheduleTuneIRMod(params={}, work_dir=str(cache),
                                               max_trials_global=trials_per_task * n_tasks,
                                               max_trials_per_task=trials_per_task)(fused)

@@ -19,6 +19,7 @@ untrusted input and must not be able to run code.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
@@ -28,6 +29,8 @@ from typing import Any, Sequence
 
 import torch
 
+from online_tsm.errors import OnlineTSMError
+from online_tsm.fileio import atomic_path
 from online_tsm.labels import default_labels
 from online_tsm.models.mobilenet_v2 import DEFAULT_SHIFT_BLOCKS, MobileNetV2TSM
 from online_tsm.preprocess import IMAGENET_MEAN, IMAGENET_STD
@@ -40,7 +43,7 @@ CHECKPOINT_FORMATS = ("online-tsm", "upstream-online", "upstream-offline")
 _KNOWN_WIDTHS = (1.0, 0.5, 0.75, 0.35, 0.25, 1.25, 1.4, 1.5, 2.0)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(OnlineTSMError, ValueError):
     """A file is not a checkpoint we can load, or does not fit the model."""
 
 
@@ -119,6 +122,71 @@ def detect_format(obj: Any) -> str:
     raise CheckpointError(
         f"unrecognised checkpoint keys (first: {', '.join(keys[:3])}); expected 'features.*'/'classifier.*' "
         f"(upstream-online), 'module.base_model.*' (upstream-offline) or format '{FORMAT_NAME}'")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _field_problem(obj: dict[str, Any]) -> str | None:
+    """The first metadata field of an ``online-tsm`` checkpoint that is unusable, as one line; else ``None``.
+
+    Checked on load so that a damaged or hand-edited file fails here, naming
+    the field, instead of at the first frame (wrong label count) or with a
+    ``KeyError``/``inf`` deep inside (missing ``n_class``, ``std`` of 0).
+    """
+    version = obj.get("version")
+    if not _is_int(version):
+        return f"field 'version': expected an integer, got {version!r}"
+    n_class = obj.get("n_class")
+    if not _is_int(n_class) or n_class < 1:
+        return f"field 'n_class': expected a positive integer, got {n_class!r}" if "n_class" in obj else \
+            "field 'n_class' is missing (expected the number of classes)"
+    labels = obj.get("labels")
+    if labels is not None:
+        if not isinstance(labels, (list, tuple)) or not all(isinstance(v, str) for v in labels):
+            return "field 'labels': expected a list of class names (strings)"
+        if len(labels) != n_class:
+            return f"field 'labels': expected {n_class} names (n_class), got {len(labels)}"
+    size = obj.get("input_size", 224)
+    if not _is_int(size) or size < 32 or size % 32:
+        return f"field 'input_size': expected a positive multiple of 32, got {size!r}"
+    for key in ("mean", "std"):
+        values = obj.get(key, (0.5, 0.5, 0.5))
+        if not isinstance(values, (list, tuple)) or len(values) != 3 or not all(_is_number(v) for v in values):
+            return f"field {key!r}: expected 3 finite numbers (one per colour channel), got {values!r}"
+    if not all(v > 0 for v in obj.get("std", (1.0,))):
+        return f"field 'std': expected 3 positive numbers (a 0 divides by zero), got {obj.get('std')!r}"
+    width = obj.get("width_mult", 1.0)
+    if not _is_number(width) or width <= 0:
+        return f"field 'width_mult': expected a positive number, got {width!r}"
+    fold = obj.get("fold_div", 8)
+    if not _is_int(fold) or fold < 1:
+        return f"field 'fold_div': expected a positive integer, got {fold!r}"
+    blocks = obj.get("shift_blocks", ())
+    if not isinstance(blocks, (list, tuple)) or not all(_is_int(b) and b >= 0 for b in blocks):
+        return f"field 'shift_blocks': expected a list of block indices (integers >= 0), got {blocks!r}"
+    extra = obj.get("extra", {})
+    if not isinstance(extra, dict):
+        return f"field 'extra': expected a dict, got {type(extra).__name__}"
+    stride = extra.get("frame_stride")
+    if stride is not None and (not _is_number(stride) or stride <= 0):
+        return f"field 'extra.frame_stride': expected a finite positive number, got {stride!r}"
+    segments = extra.get("segments")
+    if segments is not None and (not _is_int(segments) or segments < 1):
+        return f"field 'extra.segments': expected a positive integer, got {segments!r}"
+    return None
+
+
+def _non_tensor(state: dict[str, Any]) -> str | None:
+    bad = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
+    if bad is None:
+        return None
+    return f"state_dict[{bad!r}]: expected a tensor, got {type(state[bad]).__name__}"
 
 
 def convert_offline_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], tuple[int, ...]]:
@@ -214,7 +282,10 @@ def load_model(path_or_name: str | os.PathLike, *, n_class: int | None = None,
     fmt = detect_format(obj)
     meta: dict[str, Any] = {}
     if fmt == "online-tsm":
-        if obj.get("version", 0) > FORMAT_VERSION:
+        problem = _field_problem(obj)
+        if problem:
+            raise CheckpointError(f"{path} (format {FORMAT_NAME}): {problem}")
+        if obj["version"] > FORMAT_VERSION:
             raise CheckpointError(f"{path} has format version {obj.get('version')}; this online-tsm reads "
                                   f"up to version {FORMAT_VERSION} (upgrade online-tsm)")
         if obj.get("arch") != ARCH:
@@ -222,11 +293,15 @@ def load_model(path_or_name: str | os.PathLike, *, n_class: int | None = None,
         state = obj.get("state_dict")
         if not isinstance(state, dict):
             raise CheckpointError(f"{path} (format {FORMAT_NAME}) has no 'state_dict'")
+        if _non_tensor(state):
+            raise CheckpointError(f"{path} (format {FORMAT_NAME}): {_non_tensor(state)}")
         meta = {k: obj[k] for k in ("labels", "input_size", "mean", "std", "shift_blocks", "fold_div",
                                       "width_mult", "extra") if k in obj}
         ckpt_classes = int(obj["n_class"])
     else:
         state = obj.get("state_dict", obj)
+        if _non_tensor(state):
+            raise CheckpointError(f"{path} (format {fmt}): {_non_tensor(state)}")
         if fmt == "upstream-offline":
             state, found_shift = convert_offline_state_dict(state)
             if found_shift:
@@ -279,7 +354,7 @@ def save_checkpoint(model: MobileNetV2TSM, path: str | os.PathLike, *, fmt: str 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "upstream-online":
-        torch.save(state, path)
+        _atomic_save(state, path)
         return path
     if fmt == "upstream-offline":
         shifted = {f"features.{b + 1}.conv.0." for b in model.shift_blocks}
@@ -292,7 +367,7 @@ def save_checkpoint(model: MobileNetV2TSM, path: str | os.PathLike, *, fmt: str 
             if prefix:
                 k = prefix + "net." + k[len(prefix):]
             out["module.base_model." + k] = v
-        torch.save({"epoch": 0, "arch": "mobilenetv2", "state_dict": out}, path)
+        _atomic_save({"epoch": 0, "arch": "mobilenetv2", "state_dict": out}, path)
         return path
     if half:
         state = {k: (v.half() if torch.is_floating_point(v) else v) for k, v in state.items()}
@@ -304,5 +379,11 @@ def save_checkpoint(model: MobileNetV2TSM, path: str | os.PathLike, *, fmt: str 
     meta["shift_blocks"] = list(info.shift_blocks)
     meta["extra"] = dict(extra or info.extra)
     payload.update(meta)
-    torch.save(payload, path)
+    _atomic_save(payload, path)
     return path
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary name, then rename: a run killed mid-save keeps the previous best.pt whole."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)

@@ -6,13 +6,14 @@ expected, not forty lines of stack; ``--debug`` brings the stack back.
 from __future__ import annotations
 
 import argparse
-import sys
 import math
+import sys
 from typing import Callable, Sequence
 
+from online_tsm.errors import OnlineTSMError, UserError
 
-class UserError(Exception):
-    """A problem with the user's input or machine, reported as one line (exit code 2)."""
+__all__ = ["OnlineTSMError", "UserError", "add_debug_flag", "first_line", "number_type", "port_number", "positive_float",
+           "positive_int", "run_cli", "seconds"]
 
 
 def first_line(exc: BaseException) -> str:
@@ -79,7 +80,7 @@ def run_cli(main: Callable[[argparse.Namespace], int | None], parser: argparse.A
         if getattr(args, "debug", False):
             raise
         message = first_line(exc)
-        known = isinstance(exc, (UserError, ValueError, FileNotFoundError, PermissionError, LookupError))
+        known = isinstance(exc, (OnlineTSMError, ValueError, FileNotFoundError, PermissionError, LookupError))
         print(f"error: {message}" + ("" if known else f" ({type(exc).__name__}; rerun with --debug for details)"),
               file=sys.stderr)
         return 2 if known else 1

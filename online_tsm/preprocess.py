@@ -12,6 +12,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from online_tsm.errors import FrameError
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 COLOR_ORDERS = ("bgr", "rgb")
@@ -42,11 +44,17 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def check_frame(frame: np.ndarray) -> None:
-    """Reject anything but a uint8 HxWx3 image with one clear message."""
+    """Reject anything but a non-empty uint8 HxWx3 image with one clear :class:`FrameError` line.
+
+    A camera that hiccups can hand over a 0xW image; caught here it is one
+    line instead of a division by zero deep in the resize.
+    """
     if not isinstance(frame, np.ndarray):
-        raise TypeError(f"expected a numpy uint8 image of shape HxWx3, got {type(frame).__name__}")
+        raise FrameError(f"expected a numpy uint8 image of shape HxWx3, got {type(frame).__name__}")
     if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-        raise ValueError(f"expected a uint8 image of shape HxWx3, got dtype {frame.dtype} and shape {frame.shape}")
+        raise FrameError(f"expected a uint8 image of shape HxWx3, got dtype {frame.dtype} and shape {frame.shape}")
+    if frame.shape[0] < 1 or frame.shape[1] < 1:
+        raise FrameError(f"expected a uint8 image of shape HxWx3 with H and W >= 1, got shape {frame.shape}")
 
 
 def preprocess_frame(frame: np.ndarray, input_size: int = 224, color_order: str = "bgr",

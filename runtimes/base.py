@@ -14,11 +14,12 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
+from online_tsm.errors import FrameError, OnlineTSMError
 from online_tsm.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_frame
 from online_tsm.preprocess import check_frame as check_image
 
 
-class RuntimeOpenError(ValueError):
+class RuntimeOpenError(OnlineTSMError, ValueError):
     """A runtime could not be opened: wrong source, unusable library, unknown backend."""
 
 
@@ -26,8 +27,11 @@ class BackendUnavailable(RuntimeOpenError):
     """The backend's packages or hardware are missing on this machine; the message says how to get them."""
 
 
-class FrameError(ValueError):
-    """A frame of the wrong shape, dtype or layout."""
+class RuntimeClosedError(OnlineTSMError, RuntimeError):
+    """A stream was stepped, reset or created after its runtime was closed."""
+
+
+__all__ = ["BackendUnavailable", "FrameError", "Runtime", "RuntimeClosedError", "RuntimeOpenError", "Stream"]
 
 
 class Stream:
@@ -39,11 +43,16 @@ class Stream:
 
     def __init__(self, runtime: "Runtime") -> None:
         self.runtime = runtime
+        runtime._check_open()
         self.state: Any = runtime._zero_state()
         self.frames_seen = 0
 
     def step(self, frame: np.ndarray) -> np.ndarray:
-        """Feed one frame (see :meth:`Runtime.check_frame`) and return float32 logits ``[n_class]``."""
+        """Feed one frame (see :meth:`Runtime.check_frame`) and return float32 logits ``[n_class]``.
+
+        A frame that is refused (:class:`FrameError`) leaves the stream's buffers as they were.
+        """
+        self.runtime._check_open()
         x = self.runtime.check_frame(frame)
         logits, self.state = self.runtime._run(x, self.state)
         self.frames_seen += 1
@@ -51,6 +60,7 @@ class Stream:
 
     def reset(self) -> None:
         """Back to zero buffers, e.g. after a scene cut or a camera reconnect."""
+        self.runtime._check_open()
         self.state = self.runtime._zero_state()
         self.frames_seen = 0
 
@@ -59,6 +69,7 @@ class Runtime(ABC):
     """A loaded per-frame model plus what is needed to feed it."""
 
     backend: str = "?"
+    closed: bool = False  # set by close(); every later step, reset or new stream says so
 
     def __init__(self, *, labels: Sequence[str], input_size: int, frame_shape: Sequence[int],
                  frame_dtype: str = "float32", mean: Sequence[float] = IMAGENET_MEAN,
@@ -111,10 +122,17 @@ class Runtime(ABC):
             frame = frame[None]
         if frame.shape != self.frame_shape:
             raise FrameError(self._shape_message(list(frame.shape)))
+        # One NaN would spread through the shift buffers into the next frames' logits: refuse it
+        # before it reaches them, so the stream keeps its state.
+        if frame.dtype.kind == "f" and not np.isfinite(frame).all():
+            bad = int(frame.size - np.count_nonzero(np.isfinite(frame)))
+            raise FrameError(f"expected finite values in the frame, got {bad} NaN or infinite value(s); "
+                             "the stream's buffers are unchanged")
         return np.ascontiguousarray(frame)
 
     def step_many(self, streams: Sequence[Stream], frames: Sequence[np.ndarray]) -> np.ndarray:
         """Run N streams as one batch; logits ``[N, n_class]`` equal N separate ``step`` calls."""
+        self._check_open()
         if len(streams) != len(frames):
             raise ValueError(f"step_many needs one frame per stream: got {len(streams)} streams "
                              f"but {len(frames)} frames")
@@ -132,7 +150,14 @@ class Runtime(ABC):
         return logits
 
     def close(self) -> None:
-        """Release backend resources (sessions, remote connections)."""
+        """Release backend resources (sessions, remote connections); the runtime says "closed" from then on."""
+        self.closed = True
+        self._release()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeClosedError(f"this {self.backend} runtime is closed; open a new one with "
+                                     "open_runtime(...) to stream again")
 
     def __enter__(self) -> "Runtime":
         return self
@@ -151,6 +176,9 @@ class Runtime(ABC):
     @abstractmethod
     def _run(self, frames: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
         """One step of one stream: ``(logits [1, n_class] float32 numpy, new_state)``."""
+
+    def _release(self) -> None:
+        """Free sessions, VMs, device memory or connections (backends that hold any override this)."""
 
     def _run_many(self, frames: np.ndarray, states: list[Any]) -> tuple[np.ndarray, list[Any]]:
         """One step of N streams (``frames`` ``[N, ...]``); backends with a batched graph override this."""

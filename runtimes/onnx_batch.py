@@ -16,12 +16,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from online_tsm.errors import OnlineTSMError
+
 BATCH_SYMBOL = "streams"
 # Ops that take a target shape as data: a constant there may hold the batch size.
 _SHAPE_TAKING_OPS = {"Expand", "ConstantOfShape", "Tile", "Resize", "Upsample"}
 
 
-class BatchingError(ValueError):
+class BatchingError(OnlineTSMError, ValueError):
     """The graph cannot be given a free batch dimension by renaming dimensions."""
 
 

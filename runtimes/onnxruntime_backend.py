@@ -140,6 +140,6 @@ class OnnxRuntimeRuntime(Runtime):
         self._sessions["batched"] = self._make_session(model.SerializeToString())
         return True
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self._sessions.clear()
         self._batch_states.clear()

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from online_tsm.fileio import cached_file
 from online_tsm.runtimes.artifact import open_artifact
 from online_tsm.runtimes.base import BackendUnavailable, Runtime, RuntimeOpenError
 from online_tsm.weights import cache_dir
@@ -65,9 +66,9 @@ class TensorRtRuntime(Runtime):
         m = self.artifact.manifest
         self._logger = trt.Logger(trt.Logger.WARNING)
         engine_path = self._engine_path(onnx_path, fp16, engine_dir)
-        if not engine_path.is_file():
-            engine_path.parent.mkdir(parents=True, exist_ok=True)
-            engine_path.write_bytes(self._build(onnx_path, fp16))
+        # Two processes opening one model: the second waits for the first's engine instead of building its own,
+        # and a build killed half-way never leaves a truncated engine under the final name.
+        cached_file(engine_path, lambda: self._build(onnx_path, fp16))
         self._engine = trt.Runtime(self._logger).deserialize_cuda_engine(engine_path.read_bytes())
         if self._engine is None:
             raise RuntimeOpenError(f"TensorRT could not load the cached engine {engine_path}; delete it to rebuild")
@@ -149,5 +150,5 @@ class TensorRtRuntime(Runtime):
         state["phase"] ^= 1
         return self._logits_host.copy(), state
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self._context = self._engine = None

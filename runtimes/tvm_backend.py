@@ -145,7 +145,7 @@ class TvmRuntime(Runtime):
             args[slot] = tensor
         return args
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self._vm = self._main = None
         self._zeros = []
 

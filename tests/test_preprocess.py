@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from online_tsm.errors import FrameError
 from online_tsm.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_frame, resize_size
 
 
@@ -53,12 +54,12 @@ def test_bgr_and_rgb_agree():
     (np.zeros((240, 320, 4), np.uint8), r"shape \(240, 320, 4\)"),
 ])
 def test_bad_frames(frame, msg):
-    with pytest.raises(ValueError, match=msg):
+    with pytest.raises(FrameError, match=msg):
         preprocess_frame(frame)
 
 
 def test_bad_type_and_color_order():
-    with pytest.raises(TypeError, match="expected a numpy uint8 image"):
+    with pytest.raises(FrameError, match="expected a numpy uint8 image"):
         preprocess_frame([[1, 2, 3]])
     with pytest.raises(ValueError, match="color_order must be one of"):
         preprocess_frame(np.zeros((8, 8, 3), np.uint8), 32, color_order="yuv")

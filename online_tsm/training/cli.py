@@ -83,7 +83,10 @@ def train_parser() -> argparse.ArgumentParser:
     o.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     r = p.add_argument_group("output")
     r.add_argument("--out", default="tsm-train-out",
-                   help="folder for best.pt, confusion.png and metrics.json (default tsm-train-out)")
+                   help="folder for best.pt, confusion.png and metrics.json (default tsm-train-out; when it already "
+                        "holds a run, the next free tsm-train-out-2, -3, ... is used)")
+    r.add_argument("--exist-ok", action="store_true", help="write into --out even if it holds a run (replaces its "
+                                                          "best.pt)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_debug_flag(p)
     return p
@@ -100,7 +103,7 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         width=args.width, input_size=args.input_size, init=args.init, freeze_backbone=args.freeze_backbone,
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-        seed=args.seed,
+        seed=args.seed, exist_ok=args.exist_ok,
         threads=args.threads, workers=args.workers, val_fraction=args.val_fraction, hflip=args.hflip,
         augment=not args.no_augment,
         train_clips=args.train_clips, val_clips=args.val_clips, train_list=args.train_list,
@@ -149,7 +152,9 @@ def run_eval(args: argparse.Namespace) -> int:
                       frames_dir=args.frames_dir, progress=not args.no_progress)
     metrics = evaluate_checkpoint(args.weights, cfg, args.split, args.shift, args.confusion)
     if args.json:
-        Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n")
+        from online_tsm.fileio import atomic_write
+
+        atomic_write(args.json, json.dumps(metrics, indent=2) + "\n")
     return 1 if metrics.get("stream_mismatch") else 0
 
 

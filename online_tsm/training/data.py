@@ -18,6 +18,7 @@ import numpy as np
 
 from online_tsm import synthetic
 from online_tsm.cli_util import UserError
+from online_tsm.fileio import natural_key
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".webm", ".mov", ".mkv", ".m4v")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -119,16 +120,24 @@ class DataReport:
     """Clips skipped while scanning, with the reason for each."""
 
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    empty_classes: list[str] = field(default_factory=list)
 
     def skip(self, name: str | os.PathLike, reason: str) -> None:
         self.skipped.append((str(name), reason))
 
+    def empty_class(self, folder: str | os.PathLike) -> None:
+        self.empty_classes.append(str(folder))
+
     def summary(self, limit: int = 5) -> str | None:
-        if not self.skipped:
-            return None
-        shown = "; ".join(f"{n} ({r})" for n, r in self.skipped[:limit])
-        more = f"; ... and {len(self.skipped) - limit} more" if len(self.skipped) > limit else ""
-        return f"skipped {len(self.skipped)} unreadable clip(s): {shown}{more}"
+        parts = []
+        if self.skipped:
+            shown = "; ".join(f"{n} ({r})" for n, r in self.skipped[:limit])
+            more = f"; ... and {len(self.skipped) - limit} more" if len(self.skipped) > limit else ""
+            parts.append(f"skipped {len(self.skipped)} unreadable clip(s): {shown}{more}")
+        if self.empty_classes:
+            parts.append(f"{len(self.empty_classes)} class folder(s) without a readable clip: "
+                         f"{', '.join(self.empty_classes[:limit])} (the model will never learn them)")
+        return "; ".join(parts) or None
 
 
 @dataclass
@@ -160,7 +169,21 @@ def probe_video(path: Path) -> int:
 
 
 def _image_files(folder: Path) -> tuple[Path, ...]:
-    return tuple(sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+    """The frames of a frame folder in natural order (``1.png, 2.png, ..., 10.png``): the order they were shot."""
+    return tuple(sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key))
+
+
+def probe_frames(files: Sequence[Path]) -> None:
+    """Raise ``ValueError`` saying why a frame folder is unreadable: empty files, or a first frame that does not decode.
+
+    Cheap enough for every clip of a large set (one ``stat`` per file, one
+    decode per clip); a bad frame further in is caught when it is loaded.
+    """
+    empty = [p for p in files if p.stat().st_size == 0]
+    if empty:
+        raise ValueError(f"{len(empty)} empty image file(s), e.g. {empty[0].name}")
+    if cv2.imread(str(files[0]), cv2.IMREAD_COLOR) is None:
+        raise ValueError(f"{files[0].name} does not decode (corrupt, or a format OpenCV does not read)")
 
 
 def _clip_from_path(path: Path, label: int, report: DataReport) -> Clip | None:
@@ -168,6 +191,11 @@ def _clip_from_path(path: Path, label: int, report: DataReport) -> Clip | None:
         files = _image_files(path)
         if not files:
             report.skip(path, "frame folder without images")
+            return None
+        try:
+            probe_frames(files)
+        except (ValueError, OSError) as exc:
+            report.skip(path, str(exc))
             return None
         return FrameFolderClip(label=label, name=str(path), files=files)
     if path.suffix.lower() in VIDEO_SUFFIXES:
@@ -192,10 +220,14 @@ def _scan_classes(root: Path, labels: list[str], report: DataReport) -> list[Cli
         if label_dir.name not in labels:
             raise DataError(f"class folder {label_dir} is not among the training classes ({', '.join(labels)})")
         label = labels.index(label_dir.name)
-        for entry in sorted(label_dir.iterdir()):
+        found = 0
+        for entry in sorted(label_dir.iterdir(), key=natural_key):
             clip = _clip_from_path(entry, label, report)
             if clip is not None:
                 clips.append(clip)
+                found += 1
+        if not found:
+            report.empty_class(label_dir)
     return clips
 
 

@@ -6,13 +6,14 @@ covers the whole gesture), the middle one for evaluation (deterministic).
 """
 from __future__ import annotations
 
+import sys
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from online_tsm.training.data import Clip
+from online_tsm.training.data import Clip, DataError
 
 Transform = Callable[[list[np.ndarray], int, np.random.Generator], tuple[np.ndarray, int]]
 
@@ -46,6 +47,7 @@ class ClipDataset(Dataset):
         self.train = train
         self.seed = seed
         self.epoch = 0
+        self.unreadable: dict[int, str] = {}  # clip index -> why (per process: each loader worker keeps its own)
 
     def set_epoch(self, epoch: int) -> None:
         """Different random draws every epoch, the same ones on every run."""
@@ -55,6 +57,26 @@ class ClipDataset(Dataset):
         return len(self.clips)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        """Clip ``index``; if it cannot be read, the next readable one after it, with a counted warning.
+
+        A frame that went bad after the scan (a truncated file, a disk error)
+        must not end hours of training: the clip is skipped from then on.
+        """
+        for offset in range(len(self.clips)):
+            position = (index + offset) % len(self.clips)
+            if position in self.unreadable:
+                continue
+            try:
+                return self._item(position)
+            except DataError as exc:
+                self.unreadable[position] = str(exc)
+                skipped = len(self.unreadable)
+                print(f"warning: skipping an unreadable clip ({exc}); {skipped} of {len(self.clips)} clip(s) "
+                      "skipped so far", file=sys.stderr, flush=True)
+        raise DataError(f"none of the {len(self.clips)} clips can be read any more (last: "
+                        f"{next(reversed(self.unreadable.values()), '?')})")
+
+    def _item(self, index: int) -> tuple[torch.Tensor, int]:
         clip = self.clips[index]
         rng = np.random.default_rng((self.seed, self.epoch if self.train else 0, index))
         indices = segment_indices(clip.n_frames, self.n_segments, rng if self.train else None)
