@@ -11,7 +11,6 @@ in order without dropping, so a recorded clip gives reproducible predictions.
 from __future__ import annotations
 
 import contextlib
-import re
 import sys
 import threading
 import time
@@ -24,6 +23,7 @@ import cv2
 import numpy as np
 
 from online_tsm.cli_util import UserError
+from online_tsm.fileio import natural_key
 from online_tsm.synthetic import synthetic_frames
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -318,11 +318,6 @@ class VideoFileSource(FrameSource):
 
     def close(self) -> None:
         self._cap.release()
-
-
-def natural_key(path: Path) -> list[Any]:
-    """Sort ``frame_2.jpg`` before ``frame_10.jpg``."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
 class FolderSource(FrameSource):

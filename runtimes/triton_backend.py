@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from online_tsm.errors import OnlineTSMError
 from online_tsm.runtimes.artifact import open_artifact
 from online_tsm.runtimes.base import BackendUnavailable, Runtime, RuntimeOpenError, Stream
 
@@ -30,7 +31,7 @@ DEFAULT_TIMEOUT_S = 30.0
 TRITON_TYPES = {"float32": "FP32", "float16": "FP16", "uint8": "UINT8"}
 
 
-class TritonError(RuntimeError):
+class TritonError(OnlineTSMError, RuntimeError):
     """The server did not answer in time, went away, or refused a frame; the message says which."""
 
 

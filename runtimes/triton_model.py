@@ -23,13 +23,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+from online_tsm.errors import OnlineTSMError
 from online_tsm.runtimes.base import Runtime, Stream
 
 # Names of the control inputs in the python model's config.pbtxt (written by online_tsm.export.triton).
 START, END, CORRID = "START", "END", "CORRID"
 
 
-class SequenceError(ValueError):
+class SequenceError(OnlineTSMError, ValueError):
     """A request that cannot be served: unknown or expired sequence, bad frame."""
 
 

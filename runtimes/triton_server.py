@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from online_tsm.errors import OnlineTSMError
 from online_tsm.runtimes.base import BackendUnavailable
 
 INSTALL_HINT = ("pip install 'online-tsm[serve]' && pip install --no-deps nvidia-pytriton==0.7.0 "
@@ -37,7 +38,7 @@ INSTALL_HINT = ("pip install 'online-tsm[serve]' && pip install --no-deps nvidia
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 
 
-class ServerError(RuntimeError):
+class ServerError(OnlineTSMError, RuntimeError):
     """The server could not start or stopped; the message says why (and where its log is)."""
 
 
