@@ -37,7 +37,7 @@ def test_repository_layout(repo):
     names = sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file())
     assert names == ["README.txt", "online_tsm/1/artifact/README.txt", "online_tsm/1/artifact/manifest.json",
                      "online_tsm/1/artifact/model.onnx", "online_tsm/1/artifact/reference.npz",
-                     "online_tsm/1/model.py", "online_tsm/config.pbtxt", "online_tsm_ort/1/model.onnx",
+                     "online_tsm/1/artifact/run_onnx.py", "online_tsm/1/model.py", "online_tsm/config.pbtxt", "online_tsm_ort/1/model.onnx",
                      "online_tsm_ort/config.pbtxt"]
     assert "not run here" in (repo / "README.txt").read_text()
     assert load_manifest(repo / PYTHON_MODEL / "1" / ARTIFACT_DIR).target["name"] == "triton"
