@@ -40,6 +40,7 @@ from online_tsm.cli_util import UserError
 from online_tsm.export import elf
 from online_tsm.export.manifest import Manifest, ManifestError, load_manifest
 from online_tsm.export.reference import read_reference
+from online_tsm.export.targets import TARGETS, ExportTarget
 from online_tsm.export.sysroot import (EmulationUnavailable, Progress, Sysroot, ensure_sysroot, require_tool,
                                       stderr_progress)
 
@@ -126,8 +127,9 @@ def _needs_cuda(manifest: Manifest) -> bool:
     return manifest.target.get("kind") == "cuda"
 
 
-def _is_android(manifest: Manifest) -> bool:
-    return "android" in str(manifest.target.get("triple") or "") or "android" in _target_name(manifest)
+def _needs_ndk(manifest: Manifest) -> bool:
+    """Its ``.so`` links against another C library than glibc (Android's bionic, with the NDK's clang)."""
+    return ExportTarget.from_manifest(manifest.target or {}).needs_ndk
 
 
 # -- one artifact, host side -------------------------------------------------------------------------
@@ -150,8 +152,8 @@ def _plan(artifact_dir: Path, n_frames: int, workdir: Path, index: int) -> _Plan
     library_name = manifest.file_with_role("library")
     if library_name is None:
         raise EmulationCheckError(f"{artifact_dir} has no compiled library (a file with role 'library' in "
-                                  f"manifest.json); emulation checks compiled aarch64 artifacts (raspberry-pi-4, "
-                                  f"android-arm64, jetson-nano)")
+                                  f"manifest.json); emulation checks compiled aarch64 artifacts "
+                                  f"({', '.join(t.name for t in TARGETS if t.emulated)})")
     result.library = library_name
     library = artifact_dir / library_name
     arches = library_architectures(library)
@@ -174,7 +176,7 @@ def _plan(artifact_dir: Path, n_frames: int, workdir: Path, index: int) -> _Plan
     if library.suffix == ".tar":
         _link_for_glibc(library, workdir / f"{index}-objects", folder / (library.stem + ".so"))
         note = (f"linked the object files of {library_name} against glibc with {CROSS_GCC} for this check only")
-        if _is_android(manifest):
+        if _needs_ndk(manifest):
             note += " (an Android .so needs the NDK's linker; the compiled code checked is the same)"
         result.notes.append(note)
     script = next((n for n, meta in manifest.files.items() if meta.get("role") == SCRIPT_ROLE), None)
