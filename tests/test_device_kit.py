@@ -141,6 +141,14 @@ def test_template_frames_are_the_export_frames(host):
     np.testing.assert_array_equal(frames, frames_for(manifest, 4))
 
 
+def test_template_names_machines_like_the_package():
+    from online_tsm import elf
+
+    assert template.ELF_MACHINES == elf.MACHINE_NAMES
+    assert template.MACHINE_ALIASES == elf.MACHINE_ALIASES
+    assert template.host_arch() == elf.host_arch()
+
+
 def test_template_reads_elf_headers_like_the_package(host, tmp_path):
     from online_tsm.runtimes.library import elf_arch
 
