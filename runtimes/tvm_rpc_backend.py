@@ -26,6 +26,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Callable
 
+from online_tsm.address import parse_host_port
 from online_tsm.errors import OnlineTSMError
 from online_tsm.runtimes.base import RuntimeOpenError
 from online_tsm.runtimes.library import elf_arch
@@ -42,11 +43,8 @@ class RpcTimeoutError(OnlineTSMError, TimeoutError):
 def parse_address(address: str | None = None, host: str | None = None, port: int | None = None) -> tuple[str, int]:
     """``"HOST:PORT"`` or ``host``/``port`` -> ``(host, port)``; one clear line if neither is usable."""
     if address:
-        name, sep, number = str(address).rpartition(":")
-        if not sep or not name or not number.isdigit():
-            raise RuntimeOpenError(f"backend tvm-rpc expects address HOST:PORT (e.g. 192.168.1.20:{DEFAULT_PORT}), "
-                                   f"got {address!r}")
-        return name, int(number)
+        return parse_host_port(address, error=RuntimeOpenError,
+                               expected=f"backend tvm-rpc expects address HOST:PORT (e.g. 192.168.1.20:{DEFAULT_PORT})")
     if not host:
         raise RuntimeOpenError("backend tvm-rpc needs the device's RPC server: pass address='HOST:PORT' "
                                "(or host= and port=)")
