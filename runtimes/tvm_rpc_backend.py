@@ -27,10 +27,11 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Callable
 
 from online_tsm.address import parse_host_port
+from online_tsm.cli_util import last_message_line
 from online_tsm.errors import OnlineTSMError
 from online_tsm.runtimes.base import RuntimeOpenError
 from online_tsm.runtimes.library import elf_arch
-from online_tsm.runtimes.tvm_backend import ENTRY, TvmRuntime, _first_line
+from online_tsm.runtimes.tvm_backend import ENTRY, TvmRuntime
 
 DEFAULT_PORT = 9090
 DEFAULT_TIMEOUT_S = 10.0   # connect and per-step limit; a step of a small model over Wi-Fi takes milliseconds
@@ -111,7 +112,7 @@ class TvmRpcRuntime(TvmRuntime):
             raise
         except Exception as exc:  # noqa: BLE001
             self._worker.shutdown()
-            raise RuntimeOpenError(f"could not connect to a TVM RPC server at {host}:{port} ({_first_line(exc)}); "
+            raise RuntimeOpenError(f"could not connect to a TVM RPC server at {host}:{port} ({last_message_line(exc)}); "
                                    f"start one on the device: python -m tvm.exec.rpc_server --host DEVICE_IP "
                                    f"--port {port} (on a trusted network only: the server is unauthenticated)"
                                    ) from exc
@@ -126,7 +127,7 @@ class TvmRpcRuntime(TvmRuntime):
         except Exception as exc:  # noqa: BLE001
             self._worker.shutdown()
             raise RuntimeOpenError(f"the RPC server at {host}:{port} could not load {self._library.name}, which is "
-                                   f"built for {arch} ({kind}): is the device {arch}? ({_first_line(exc)})") from exc
+                                   f"built for {arch} ({kind}): is the device {arch}? ({last_message_line(exc)})") from exc
         if threads:
             self.remote.get_function("runtime.config_threadpool")(1, int(threads))
         return device, f"{kind} ({arch}) device at {host}:{port}"
