@@ -23,7 +23,7 @@ import pytest
 from online_tsm.export import device_kit
 from online_tsm.export import device_run as template
 from online_tsm.export.manifest import load_manifest, write_manifest
-from online_tsm.export.reference import frames_for, read_reference, tolerance_for
+from online_tsm.export.reference import frames_for, read_reference, tolerance_other_machine, tolerance_same_machine
 
 ALWAYS_BLOCKED = ("online_tsm", "torch", "cv2", "onnx", "onnxslim", "onnxscript", "psutil")
 
@@ -117,13 +117,11 @@ def test_template_is_python_3_8_and_imports_only_the_standard_library():
 
 # -- one rule, one set of frames, one ELF reading --------------------------------------------------
 def test_the_tolerance_rule_is_the_package_rule(host):
-    from online_tsm.export import emulate
-
     manifest = json.loads((host / "manifest.json").read_text())
     assert manifest["target"]["verification"] == device_kit.verification_rule() == template.DEFAULT_RULE
     reference = read_reference(host / "reference.npz")
     largest = float(np.abs(reference).max())
-    for same, package_rule in ((True, tolerance_for), (False, emulate.tolerance_for)):
+    for same, package_rule in ((True, tolerance_same_machine), (False, tolerance_other_machine)):
         absolute, relative, _ = template.tolerance_rule(manifest, same_machine=same, fp16=False)
         assert max(absolute, relative * largest) == pytest.approx(package_rule(reference), rel=1e-12)
 
@@ -167,7 +165,7 @@ def test_run_py_verifies_and_times_with_numpy_and_tvm_only(host_result, host):
     check = data["verification"]
     reference = read_reference(host / "reference.npz")
     assert check["passed"] is True and check["frames"] == 16 and check["buffers"] == 10
-    assert check["max_abs_diff"] <= check["tolerance"] == pytest.approx(tolerance_for(reference))
+    assert check["max_abs_diff"] <= check["tolerance"] == pytest.approx(tolerance_same_machine(reference))
     assert check["max_abs_reference"] > 1.0      # non-trivial logits
     assert "max abs diff" in out and "max(0.0001, 1e-05 x max |reference logit|)" in out and "PASS" in out
     timing = data["timing"]
