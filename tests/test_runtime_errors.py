@@ -222,6 +222,9 @@ def test_unknown_option(small_artifact):
     with pytest.raises(RuntimeOpenError, match=r"backend onnxruntime does not take option\(s\) adress; it takes "
                                                 r"threads, batched"):
         open_runtime(small_artifact, "onnxruntime", adress="1.2.3.4:9090")
+    with pytest.raises(RuntimeOpenError) as exc:   # the engine runs on the GPU: there are no CPU threads to set
+        open_runtime(small_artifact, "tensorrt", threads=2)
+    assert single_line(exc) == "backend tensorrt does not take option(s) threads; it takes fp16, engine_dir"
 
 
 def test_tensorrt_not_installed_says_how_to_install(small_artifact):
