@@ -12,7 +12,6 @@ import ast
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from online_tsm.export import device_kit
 from online_tsm.export import device_run as template
 from online_tsm.export.manifest import load_manifest, write_manifest
 from online_tsm.export.reference import frames_for, read_reference, tolerance_other_machine, tolerance_same_machine
+from runtime_artifacts import copy_artifact, small_artifact  # noqa: F401 -- fixture
 
 ALWAYS_BLOCKED = ("online_tsm", "torch", "cv2", "onnx", "onnxslim", "onnxscript", "psutil")
 
@@ -56,14 +56,9 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def copy_artifact(source: Path, dest: Path) -> Path:
-    shutil.copytree(source, dest)
-    return dest
-
-
 @pytest.fixture(scope="module")
-def host(export_cache, small_weights) -> Path:
-    return export_cache("small-host", small_weights, "host")
+def host(small_artifact) -> Path:
+    return small_artifact
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ compiler are genuinely absent, and never in CI (``CI`` set), where
 """
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import threading
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import require_tools
 from online_tsm.export.emulate import (EMULATED_TIMING_NOTE, EmulatedCheck, EmulationCheckError,
                                        verify_emulated, verify_emulated_many)
 from online_tsm.export.manifest import ManifestError, load_manifest, write_manifest
@@ -36,11 +36,7 @@ def _require_emulator() -> None:
     missing = missing_system_packages()
     if not shutil.which("aarch64-linux-gnu-gcc"):
         missing.append("gcc-aarch64-linux-gnu")
-    if missing:
-        message = f"aarch64 emulation needs the Debian packages {', '.join(missing)} (apt-get install them)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; .ci/run installs them, so in CI this is a set-up error")
-        pytest.skip(message)
+    require_tools(missing, f"aarch64 emulation needs the Debian packages {', '.join(missing)} (apt-get install them)")
 
 
 # -- artifacts ----------------------------------------------------------------------------------------
