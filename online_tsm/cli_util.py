@@ -12,8 +12,8 @@ from typing import Callable, Sequence
 
 from online_tsm.errors import OnlineTSMError, UserError
 
-__all__ = ["OnlineTSMError", "UserError", "add_debug_flag", "first_line", "last_message_line", "number_type", "port_number", "positive_float",
-           "positive_int", "run_cli", "seconds"]
+__all__ = ["OnlineTSMError", "UserError", "add_debug_flag", "first_line", "last_message_line", "number_type",
+           "port_number", "positive_float", "positive_int", "run_cli", "seconds"]
 
 
 def first_line(exc: BaseException) -> str:

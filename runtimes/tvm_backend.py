@@ -103,7 +103,8 @@ class TvmRuntime(Runtime):
             lib = tvm.runtime.load_module(str(self._library))
             self._vm = tvm.relax.VirtualMachine(lib, device)
         except Exception as exc:  # noqa: BLE001 -- dlopen and VM errors come in many types
-            raise RuntimeOpenError(f"TVM could not load {self._library.name} ({arch}): {last_message_line(exc)}") from exc
+            raise RuntimeOpenError(f"TVM could not load {self._library.name} ({arch}): "
+                                   f"{last_message_line(exc)}") from exc
         self._main = self._vm[ENTRY]
         return device, f"{kind} ({arch}) device {device}"
 

@@ -112,7 +112,8 @@ class TvmRpcRuntime(TvmRuntime):
             raise
         except Exception as exc:  # noqa: BLE001
             self._worker.shutdown()
-            raise RuntimeOpenError(f"could not connect to a TVM RPC server at {host}:{port} ({last_message_line(exc)}); "
+            raise RuntimeOpenError(f"could not connect to a TVM RPC server at {host}:{port} "
+                                   f"({last_message_line(exc)}); "
                                    f"start one on the device: python -m tvm.exec.rpc_server --host DEVICE_IP "
                                    f"--port {port} (on a trusted network only: the server is unauthenticated)"
                                    ) from exc
@@ -127,7 +128,8 @@ class TvmRpcRuntime(TvmRuntime):
         except Exception as exc:  # noqa: BLE001
             self._worker.shutdown()
             raise RuntimeOpenError(f"the RPC server at {host}:{port} could not load {self._library.name}, which is "
-                                   f"built for {arch} ({kind}): is the device {arch}? ({last_message_line(exc)})") from exc
+                                   f"built for {arch} ({kind}): is the device {arch}? "
+                                   f"({last_message_line(exc)})") from exc
         if threads:
             self.remote.get_function("runtime.config_threadpool")(1, int(threads))
         return device, f"{kind} ({arch}) device at {host}:{port}"
