@@ -37,6 +37,7 @@ import tornado.iostream
 import tornado.netutil
 import tornado.web
 
+from online_tsm.address import parse_host_port
 from online_tsm.cli_util import UserError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -47,14 +48,8 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 def parse_serve_address(text: str) -> tuple[str, int]:
     """``PORT``, ``HOST:PORT`` or ``[IPv6]:PORT`` -> ``(host, port)``; the host defaults to 127.0.0.1."""
-    spec = str(text).strip()
-    host, sep, port = spec.rpartition(":")
-    if not sep:
-        host, port = DEFAULT_HOST, spec
-    host = host.strip("[]") or DEFAULT_HOST
-    if not port.isdigit() or int(port) > 65535:
-        raise UserError(f"--serve expects [HOST:]PORT with PORT 0-65535 (e.g. 8765 or 0.0.0.0:8765), got {text!r}")
-    return host, int(port)
+    return parse_host_port(text, error=UserError, default_host=DEFAULT_HOST,
+                           expected="--serve expects [HOST:]PORT with PORT 0-65535 (e.g. 8765 or 0.0.0.0:8765)")
 
 
 def is_loopback(host: str) -> bool:

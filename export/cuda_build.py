@@ -126,7 +126,9 @@ def main(argv: list[str]) -> int:
     try:
         report = build(request)
     except Exception as exc:  # noqa: BLE001 -- reported to the parent as one line
-        print(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+        from online_tsm.cli_util import first_line  # nothing of TVM: the stub libcuda must still come first
+
+        print(f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__,
               file=sys.stderr)
         return 1
     Path(request["report"]).write_text(json.dumps(report))

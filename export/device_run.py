@@ -64,7 +64,9 @@ DEFAULT_RULE = {"absolute": 1e-4, "relative": 1e-5, "relative_other_machine": 1e
 #: TensorRT --fp16 computes in half precision: ~1e-3 relative per operation, compounded over the network and
 #: the carried buffers.  Looser than the float32 rule on purpose, and reported as such.
 FP16_RULE = {"absolute": 5e-2, "relative": 5e-2}
-ELF_MACHINES = {3: "x86", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv64"}
+#: A copy of online_tsm.elf's names (this file runs without online-tsm); tests/test_device_kit.py keeps them equal.
+ELF_MACHINES = {3: "x86", 8: "mips", 20: "ppc", 21: "ppc64", 40: "arm", 62: "x86_64", 183: "aarch64", 190: "cuda",
+                243: "riscv64"}
 MACHINE_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "i386": "x86", "i686": "x86",
                    "armv7l": "arm", "armv6l": "arm", "armv8l": "arm"}
 ENGINES = ("tvm", "onnxruntime", "tensorrt")

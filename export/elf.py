@@ -12,17 +12,12 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from online_tsm.errors import OnlineTSMError
+# The header reader and the machine names are the core's (online_tsm.elf), shared with the runtimes.
+from online_tsm.elf import EM_AARCH64, EM_CUDA, EM_X86_64, MACHINE_NAMES, ElfError, elf_machine, machine_name
 
-EM_X86_64 = 62
-EM_AARCH64 = 183
-EM_CUDA = 190
-MACHINE_NAMES = {3: "x86", 40: "arm", EM_X86_64: "x86-64", EM_AARCH64: "aarch64", EM_CUDA: "cuda", 243: "riscv"}
+__all__ = ["EM_AARCH64", "EM_CUDA", "EM_X86_64", "MACHINE_NAMES", "CudaImage", "ElfError", "cubin_kernel_names",
+           "elf_machine", "embedded_cuda_images", "library_machines", "machine_name"]
 _PTX_TARGET = re.compile(rb"\.target\s+(sm_\d+)")
-
-
-class ElfError(OnlineTSMError, ValueError):
-    """Not an ELF file (or a truncated one)."""
 
 
 @dataclass(frozen=True)
@@ -33,18 +28,6 @@ class CudaImage:
     arch: str        # "sm_53"
     offset: int
     size: int
-
-
-def elf_machine(data: bytes) -> int:
-    """``e_machine`` of an ELF image (183 = aarch64, 62 = x86-64, 190 = CUDA)."""
-    if len(data) < 20 or data[:4] != b"\x7fELF":
-        raise ElfError("not an ELF file")
-    endian = "<" if data[5] == 1 else ">"
-    return struct.unpack_from(endian + "H", data, 18)[0]
-
-
-def machine_name(machine: int) -> str:
-    return MACHINE_NAMES.get(machine, f"e_machine {machine}")
 
 
 def library_machines(path: str | Path) -> dict[str, int]:

@@ -39,15 +39,15 @@ import numpy as np
 from online_tsm.cli_util import UserError
 from online_tsm.export import elf
 from online_tsm.export.manifest import Manifest, ManifestError, load_manifest
-from online_tsm.export.reference import read_reference
+from online_tsm.export.reference import (ABSOLUTE_TOLERANCE, RELATIVE_TOLERANCE_OTHER_MACHINE, read_reference,
+                                          tolerance_other_machine)
 from online_tsm.export.sysroot import (EmulationUnavailable, Progress, Sysroot, ensure_sysroot, require_tool,
                                       stderr_progress)
+from online_tsm.export.targets import TARGETS, ExportTarget
 
 __all__ = ["EmulatedCheck", "EmulationCheckError", "EmulationUnavailable", "verify_emulated",
-           "verify_emulated_many", "tolerance_for", "EMULATED_TIMING_NOTE"]
+           "verify_emulated_many", "EMULATED_TIMING_NOTE"]
 
-RELATIVE_TOLERANCE = 1e-4
-ABSOLUTE_TOLERANCE_FLOOR = 1e-4
 EMULATED_TIMING_NOTE = "emulated: timings are meaningless (qemu is ~20x slower than a device); none are reported"
 CROSS_GCC = "aarch64-linux-gnu-gcc"
 CROSS_GCC_PACKAGE = "gcc-aarch64-linux-gnu"
@@ -85,20 +85,9 @@ class EmulatedCheck:
             return f"{head}: NOT CHECKED: {self.notes[0] if self.notes else 'no numbers'}"
         verdict = "OK" if self.passed else "MISMATCH"
         return (f"{head}: {verdict}: max abs diff vs PyTorch {self.max_abs_diff:.3g} over {self.n_frames} frames "
-                f"(tolerance {self.tolerance:.3g} = max({ABSOLUTE_TOLERANCE_FLOOR:g}, {RELATIVE_TOLERANCE:g} x max "
+                f"(tolerance {self.tolerance:.3g} = max({ABSOLUTE_TOLERANCE:g}, "
+                f"{RELATIVE_TOLERANCE_OTHER_MACHINE:g} x max "
                 f"|reference logit| {self.max_abs_reference:.3g}))")
-
-
-def tolerance_for(reference: np.ndarray) -> float:
-    """``max(1e-4, 1e-4 x max |reference logit|)``.
-
-    Looser in its relative part than the host check (``reference.tolerance_for``,
-    1e-5): here PyTorch on x86-64 is compared with LLVM's aarch64 code, which
-    contracts multiply-adds into fused NEON FMAs and sums in another order, so
-    float32 round-off differs more (measured ~1e-5 of the largest logit).  Still
-    far below what a wrong buffer order or a broken kernel produces (order 1).
-    """
-    return max(ABSOLUTE_TOLERANCE_FLOOR, RELATIVE_TOLERANCE * float(np.max(np.abs(reference))))
 
 
 # -- architecture of the library, read without running it -----------------------------------------
@@ -126,8 +115,9 @@ def _needs_cuda(manifest: Manifest) -> bool:
     return manifest.target.get("kind") == "cuda"
 
 
-def _is_android(manifest: Manifest) -> bool:
-    return "android" in str(manifest.target.get("triple") or "") or "android" in _target_name(manifest)
+def _needs_ndk(manifest: Manifest) -> bool:
+    """Its ``.so`` links against another C library than glibc (Android's bionic, with the NDK's clang)."""
+    return ExportTarget.from_manifest(manifest.target or {}).needs_ndk
 
 
 # -- one artifact, host side -------------------------------------------------------------------------
@@ -150,8 +140,8 @@ def _plan(artifact_dir: Path, n_frames: int, workdir: Path, index: int) -> _Plan
     library_name = manifest.file_with_role("library")
     if library_name is None:
         raise EmulationCheckError(f"{artifact_dir} has no compiled library (a file with role 'library' in "
-                                  f"manifest.json); emulation checks compiled aarch64 artifacts (raspberry-pi-4, "
-                                  f"android-arm64, jetson-nano)")
+                                  f"manifest.json); emulation checks compiled aarch64 artifacts "
+                                  f"({', '.join(t.name for t in TARGETS if t.emulated)})")
     result.library = library_name
     library = artifact_dir / library_name
     arches = library_architectures(library)
@@ -174,7 +164,7 @@ def _plan(artifact_dir: Path, n_frames: int, workdir: Path, index: int) -> _Plan
     if library.suffix == ".tar":
         _link_for_glibc(library, workdir / f"{index}-objects", folder / (library.stem + ".so"))
         note = (f"linked the object files of {library_name} against glibc with {CROSS_GCC} for this check only")
-        if _is_android(manifest):
+        if _needs_ndk(manifest):
             note += " (an Android .so needs the NDK's linker; the compiled code checked is the same)"
         result.notes.append(note)
     script = next((n for n, meta in manifest.files.items() if meta.get("role") == SCRIPT_ROLE), None)
@@ -279,7 +269,7 @@ def _record(plan: _Plan, data: dict | None, how: str) -> None:
         result.max_abs_reference = float(check["max_abs_reference"])
         result.tolerance = float(check["tolerance"])
         result.passed = bool(check["passed"]) and result.max_abs_diff <= result.tolerance
-        expected = tolerance_for(plan.reference)
+        expected = tolerance_other_machine(plan.reference)
         if not math.isclose(result.tolerance, expected, rel_tol=1e-9):
             result.passed = False
             result.error = (f"{plan.script} applied tolerance {result.tolerance:.3g}, the emulated check's rule gives "

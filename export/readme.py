@@ -1,6 +1,7 @@
 """``README.txt`` of an artifact: what to copy to the device and how to run it there.
 
-The README section "Export (tsm-export)" says the same things per target.
+The per-device steps are data: the ``device_steps`` of each row of
+:mod:`online_tsm.export.targets`; docs/export.md says the same things per target.
 """
 from __future__ import annotations
 
@@ -19,40 +20,8 @@ The streaming loop to copy into an application is {script}'s {engine} class: nam
 shift-buffer pairs come from manifest.json; with online-tsm installed, open_runtime("{folder}") does it all.
 """
 
-_TARGET_STEPS = {
-    "host": """Runs on this machine (same CPU model: it was compiled for {mcpu}).
-  tsm-export verify {folder}            # re-runs it against the PyTorch reference
-""",
-    "onnx": """Copy {folder}/ anywhere and run model.onnx with any ONNX runtime, e.g.
-  pip install onnxruntime numpy
-  python3 run_onnx.py --json result.json
-On a Jetson, TensorRT (JetPack's) builds an engine from model.onnx on the device and caches it:
-  python3 run_onnx.py --tensorrt --fp16 --json nano-trt.json
-""",
-    "raspberry-pi-4": """On the Pi (64-bit Raspberry Pi OS, Python >= 3.9, glibc >= 2.28):
-  scp -r {folder} pi@raspberrypi:
-  pip install apache-tvm==0.27.0.post1 numpy      # aarch64 manylinux_2_28 wheel
-{link_step}  python3 run.py --json pi.json                  # verifies, then times it on the Pi
-""",
-    "android-arm64": """Android needs a .so linked by the NDK's clang against bionic (a GNU-linked .so will not load):
-  export TVM_NDK_CC=$NDK/toolchains/llvm/prebuilt/linux-x86_64/bin/aarch64-linux-android24-clang
-  tsm-export --weights ... --target android-arm64 -o {folder} --force --library so   # links model.so here
-or link the shipped object archive yourself:
-  mkdir objs && tar -xf {folder}/model.tar -C objs && $TVM_NDK_CC -shared -o model.so objs/*.o -lm -llog
-Then package model.so + manifest.json with an app that embeds the TVM runtime (TVM's android_deploy /
-android_rpc apps build it with the NDK), or push it to a device running the TVM RPC app and use
-  tsm-bench --rpc HOST:PORT --target android-arm64 --artifact {folder}
-""",
-    "jetson-nano": """The library holds aarch64 (Cortex-A57) host code and CUDA kernels compiled for sm_53 by {cuda_compiler}.
-It needs a TVM runtime built with CUDA on the Jetson (PyPI has no CUDA build for aarch64):
-  scp -r {folder} jetson@nano:
-  # on the Nano: build apache/tvm v0.27 runtime with -DUSE_CUDA=ON -DUSE_LLVM=OFF (runtime only), then
-{link_step}  python3 run.py --json nano.json   (runs on the GPU: --device cuda is the default here)
-Caveat: JetPack 4.6 (the Nano's last) ships CUDA 10.2; a cubin from a newer toolkit is not guaranteed to
-load on that driver. The fall-back that always works on the device: TensorRT (JetPack's) from model.onnx
-  python3 run.py --tensorrt --fp16 --json nano-trt.json   # builds and caches the engine on the Nano
-""",
-}
+
+_DEFAULT_STEPS = "See docs/export.md of online-tsm (the section on this target).\n"
 
 _LINK_TAR = """  mkdir objs && tar -xf {folder}/model.tar -C objs && gcc -shared -o {folder}/model.so objs/*.o -lm
   (the export shipped model.tar because no aarch64 cross compiler was found here)
@@ -83,7 +52,7 @@ def artifact_readme(manifest: Manifest, row: ExportTarget, folder: str = "ARTIFA
         frame_doc = (f"float32 [3, {manifest.input_size}, {manifest.input_size}]: shorter side to "
                      f"{pre['resize_shorter']}, centre crop, RGB, (x/255 - mean)/std (online_tsm.preprocess)")
     link_step = _LINK_TAR.format(folder=folder) if library and library.endswith(".tar") else ""
-    steps = _TARGET_STEPS.get(row.name, "See the README section 'Export (tsm-export)'.\n").format(
+    steps = (row.device_steps or _DEFAULT_STEPS).format(
         folder=folder, link_step=link_step, mcpu=(target.get("tvm_target_resolved") or {}).get("mcpu", "?"),
         cuda_compiler=(target.get("device_code") or {}).get("compiler", "NVRTC"))
     lines = [

@@ -17,7 +17,8 @@ from online_tsm.export.onnx import deterministic_frames
 REFERENCE_NAME = "reference.npz"
 REFERENCE_FRAMES = 16
 ABSOLUTE_TOLERANCE = 1e-4
-RELATIVE_TOLERANCE = 1e-5
+RELATIVE_TOLERANCE = 1e-5                 # same machine: the reference's CPU architecture and compiler
+RELATIVE_TOLERANCE_OTHER_MACHINE = 1e-4   # another architecture (aarch64 under qemu) or a GPU
 
 
 def deterministic_camera_frames(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -38,14 +39,34 @@ def frames_for(manifest: Manifest, n: int = REFERENCE_FRAMES) -> np.ndarray:
     return deterministic_frames(n, manifest.input_size)
 
 
-def tolerance_for(reference: np.ndarray) -> float:
-    """Max abs diff allowed against ``reference``: 1e-4, or 1e-5 of the largest logit if that is larger.
+def _tolerance(reference: np.ndarray, relative: float) -> float:
+    return float(max(ABSOLUTE_TOLERANCE, relative * float(np.abs(reference).max(initial=0.0))))
+
+
+def tolerance_same_machine(reference: np.ndarray) -> float:
+    """Max abs diff allowed where the reference was computed: 1e-4, or 1e-5 of the largest logit if larger.
 
     float32 results legitimately differ in the last bits when a compiler sums in
     another order; the relative part keeps the check meaningful for models
     with large logits without loosening it for ordinary ones.
     """
-    return float(max(ABSOLUTE_TOLERANCE, RELATIVE_TOLERANCE * float(np.abs(reference).max(initial=0.0))))
+    return _tolerance(reference, RELATIVE_TOLERANCE)
+
+
+def tolerance_other_machine(reference: np.ndarray) -> float:
+    """Max abs diff allowed on another CPU architecture or a GPU: ``max(1e-4, 1e-4 x max |reference logit|)``.
+
+    Looser in its relative part than :func:`tolerance_same_machine`: PyTorch on
+    x86-64 compared with LLVM's aarch64 code, which contracts multiply-adds
+    into fused NEON FMAs and sums in another order, differs more in float32
+    round-off (measured ~1e-5 of the largest logit).  Still far below what a
+    wrong buffer order or a broken kernel produces (order 1).
+    """
+    return _tolerance(reference, RELATIVE_TOLERANCE_OTHER_MACHINE)
+
+
+#: The same-machine rule under its former name, for callers not yet renamed.
+tolerance_for = tolerance_same_machine
 
 
 def compare(actual: np.ndarray, reference: np.ndarray) -> float:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import platform
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from online_tsm.elf import EM_AARCH64, MACHINE_NAMES, normalize_arch
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,9 @@ class ExportTarget:
     layout the CPU convolutions are scheduled in.  ``packager``
     (``module:function``) lays the exported artifact out for a serving system
     (a Triton model repository); ``None``: the artifact folder is the output.
+    ``device_steps``: the "On the device" part of the artifact's README.txt
+    (:mod:`online_tsm.export.readme` fills in ``{folder}``, ``{link_step}``,
+    ``{mcpu}`` and ``{cuda_compiler}``); it is not written into manifests.
     """
 
     name: str
@@ -41,6 +46,7 @@ class ExportTarget:
     device_notes: str = ""
     aliases: tuple[str, ...] = field(default=())
     packager: str | None = None
+    device_steps: str = ""
 
     @property
     def cross(self) -> bool:
@@ -51,6 +57,35 @@ class ExportTarget:
     def runs_here(self) -> bool:
         """Whether ``tsm-export verify`` can execute the artifact numerically on this machine."""
         return self.kind == "onnx" or (self.kind == "cpu" and not self.cross)
+
+    @property
+    def needs_ndk(self) -> bool:
+        """A loadable ``.so`` needs the Android NDK's clang (``linker_env``): the C library is not glibc."""
+        return bool(self.linker_env) and not self.library_glibc
+
+    @property
+    def elf_machine(self) -> int | None:
+        """``e_machine`` the library's host code must have (``None``: this machine's, not checked)."""
+        if self.triple is None:
+            return None
+        arch = normalize_arch(self.triple.split("-", 1)[0])
+        return next((code for code, name in MACHINE_NAMES.items() if name == arch), None)
+
+    @property
+    def emulated(self) -> bool:
+        """``tsm-export verify --emulate`` can run it here: aarch64 code under qemu user-mode emulation."""
+        return self.elf_machine == EM_AARCH64
+
+    @classmethod
+    def from_manifest(cls, target: dict[str, Any]) -> "ExportTarget":
+        """The row as an artifact's ``manifest.json`` recorded it (its ``target`` object)."""
+        names = {f.name for f in fields(cls)}
+        row = {key: value for key, value in target.items() if key in names}
+        row["aliases"] = tuple(row.get("aliases") or ())
+        row.setdefault("name", "?")
+        row.setdefault("kind", "?")
+        row.setdefault("description", "")
+        return cls(**row)
 
     def library_suffix(self, linker_available: bool) -> str | None:
         """``.so`` when a loadable shared library can be linked here, else ``.tar`` of objects."""
@@ -67,19 +102,54 @@ class ExportTarget:
         env = os.environ if env is None else env
         if self.linker_env and env.get(self.linker_env):
             return env[self.linker_env]
-        if self.linker_env and not self.library_glibc:
+        if self.needs_ndk:
             return None  # a GNU cross gcc links against glibc, which bionic (Android) will not load
         return shutil.which(self.linker) if self.linker else None
 
     def to_manifest(self, *, library: str | None) -> dict[str, Any]:
         """The row as written into ``manifest.json`` (plus the library that was produced)."""
         row = asdict(self)
+        del row["device_steps"]  # README.txt text, not data a runtime reads
         row["aliases"] = list(self.aliases)
         row["library"] = library
         row["runs_here"] = self.runs_here
         row["machine"] = platform.machine()
         return row
 
+
+# "On the device" steps of README.txt, per row (export/readme.py fills in the {placeholders}).
+_HOST_STEPS = """Runs on this machine (same CPU model: it was compiled for {mcpu}).
+  tsm-export verify {folder}            # re-runs it against the PyTorch reference
+"""
+_ONNX_STEPS = """Copy {folder}/ anywhere and run model.onnx with any ONNX runtime, e.g.
+  pip install onnxruntime numpy
+  python3 run_onnx.py --json result.json
+On a Jetson, TensorRT (JetPack's) builds an engine from model.onnx on the device and caches it:
+  python3 run_onnx.py --tensorrt --fp16 --json nano-trt.json
+"""
+_PI_STEPS = """On the Pi (64-bit Raspberry Pi OS, Python >= 3.9, glibc >= 2.28):
+  scp -r {folder} pi@raspberrypi:
+  pip install apache-tvm==0.27.0.post1 numpy      # aarch64 manylinux_2_28 wheel
+{link_step}  python3 run.py --json pi.json                  # verifies, then times it on the Pi
+"""
+_ANDROID_STEPS = """Android needs a .so linked by the NDK's clang against bionic (a GNU-linked .so will not load):
+  export TVM_NDK_CC=$NDK/toolchains/llvm/prebuilt/linux-x86_64/bin/aarch64-linux-android24-clang
+  tsm-export --weights ... --target android-arm64 -o {folder} --force --library so   # links model.so here
+or link the shipped object archive yourself:
+  mkdir objs && tar -xf {folder}/model.tar -C objs && $TVM_NDK_CC -shared -o model.so objs/*.o -lm -llog
+Then package model.so + manifest.json with an app that embeds the TVM runtime (TVM's android_deploy /
+android_rpc apps build it with the NDK), or push it to a device running the TVM RPC app and use
+  tsm-bench --rpc HOST:PORT --target android-arm64 --artifact {folder}
+"""
+_JETSON_STEPS = """The library holds aarch64 (Cortex-A57) host code and CUDA kernels compiled for sm_53 by {cuda_compiler}.
+It needs a TVM runtime built with CUDA on the Jetson (PyPI has no CUDA build for aarch64):
+  scp -r {folder} jetson@nano:
+  # on the Nano: build apache/tvm v0.27 runtime with -DUSE_CUDA=ON -DUSE_LLVM=OFF (runtime only), then
+{link_step}  python3 run.py --json nano.json   (runs on the GPU: --device cuda is the default here)
+Caveat: JetPack 4.6 (the Nano's last) ships CUDA 10.2; a cubin from a newer toolkit is not guaranteed to
+load on that driver. The fall-back that always works on the device: TensorRT (JetPack's) from model.onnx
+  python3 run.py --tensorrt --fp16 --json nano-trt.json   # builds and caches the engine on the Nano
+"""
 
 _AARCH64_GNU = "aarch64-linux-gnu"
 
@@ -90,6 +160,7 @@ TARGETS: tuple[ExportTarget, ...] = (
         description="this machine's CPU (LLVM, -mcpu=native), NHWC schedules, multi-threaded",
         tvm_target={"kind": "llvm", "mcpu": "native"},
         device_notes="runs here; verify compares it with PyTorch numerically",
+        device_steps=_HOST_STEPS,
     ),
     ExportTarget(
         name="jetson-nano",
@@ -103,6 +174,7 @@ TARGETS: tuple[ExportTarget, ...] = (
         linker="aarch64-linux-gnu-gcc",
         device_notes="needs a TVM runtime built with CUDA on the Nano; kernels are sm_53 cubins (NVRTC 12.9)",
         aliases=("jetson", "nano"),
+        device_steps=_JETSON_STEPS,
     ),
     ExportTarget(
         name="android-arm64",
@@ -116,6 +188,7 @@ TARGETS: tuple[ExportTarget, ...] = (
         library_glibc=False,
         device_notes="a loadable .so needs the NDK's clang (set TVM_NDK_CC); otherwise a .tar to link with the NDK",
         aliases=("android",),
+        device_steps=_ANDROID_STEPS,
     ),
     ExportTarget(
         name="raspberry-pi-4",
@@ -127,12 +200,14 @@ TARGETS: tuple[ExportTarget, ...] = (
         linker="aarch64-linux-gnu-gcc",
         device_notes="pip install apache-tvm on the Pi (manylinux_2_28_aarch64 wheels) and load the .so",
         aliases=("rpi4", "raspberry-pi", "pi4"),
+        device_steps=_PI_STEPS,
     ),
     ExportTarget(
         name="onnx",
         kind="onnx",
         description="ONNX only (ONNX Runtime, TensorRT on the device, ...); no compilation",
         device_notes="any ONNX runtime; verify runs it with ONNX Runtime here",
+        device_steps=_ONNX_STEPS,
     ),
     ExportTarget(
         name="triton",
@@ -168,7 +243,7 @@ def format_table() -> str:
             lib = "-"
         elif not t.cross:
             lib = "model.so"
-        elif t.linker_env and not t.library_glibc:
+        elif t.needs_ndk:
             lib = f"model.tar (.so with ${t.linker_env})"
         else:
             lib = f"model.so ({t.linker}) / .tar"

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 
 import torch
 
+from online_tsm.cli_util import first_line
 from online_tsm.errors import OnlineTSMError
 from online_tsm.fileio import atomic_path
 from online_tsm.labels import default_labels
@@ -99,10 +100,9 @@ def _torch_load(path: Path, map_location: str | torch.device) -> Any:
     except IsADirectoryError:
         raise CheckpointError(f"expected a checkpoint file, got a directory: {path}") from None
     except Exception as exc:  # noqa: BLE001 -- untrusted bytes make the unpickler fail in many ways
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"{path} is not a loadable PyTorch checkpoint (expected a weights-only torch.save file "
-            f"in one of the formats {', '.join(CHECKPOINT_FORMATS)}): {first[:200]}") from None
+            f"in one of the formats {', '.join(CHECKPOINT_FORMATS)}): {first_line(exc)[:200]}") from None
 
 
 def detect_format(obj: Any) -> str:

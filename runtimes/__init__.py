@@ -31,9 +31,10 @@ BACKENDS: dict[str, tuple[str, str]] = {
 def open_runtime(source: Any, backend: str = "auto", **options: Any) -> Runtime:
     """Open ``source`` -- an export folder, or weights (file, registry name, model) for ``torch`` -- with ``backend``.
 
-    Options go to the backend: ``threads`` (all), ``address="HOST:PORT"`` (tvm-rpc, triton; ``model``,
-    ``timeout`` for triton),
-    ``fp16`` (tensorrt), ``batched`` (onnxruntime), ``device`` (torch).
+    Options go to the backend: ``threads`` (all but tensorrt, whose engine runs on the GPU),
+    ``address="HOST:PORT"`` (tvm-rpc, triton; ``model``, ``timeout`` for triton),
+    ``fp16``, ``engine_dir`` (tensorrt), ``batched`` (onnxruntime), ``device`` (torch).
+    An option the backend does not take is refused in one line that lists the ones it does.
     """
     if backend not in BACKENDS:
         raise RuntimeOpenError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")

@@ -51,10 +51,10 @@ class Artifact:
                     layout=pre.get("layout", "NCHW"))
 
     def target_kind(self) -> str:
-        """``llvm`` (CPU), ``cuda``, ... of the compiled library; ``llvm`` when the manifest does not say."""
+        """The export target's ``kind`` as the manifest records it: ``cpu`` (a TVM LLVM library), ``cuda`` (TVM
+        CUDA kernels plus host code) or ``onnx`` (no library); ``cpu`` when the manifest does not say."""
         target = self.manifest.target or {}
-        kind = target.get("kind") or target.get("device") or "llvm"
-        return str(kind).lower()
+        return str(target.get("kind") or "cpu").lower()
 
 
 def open_artifact(source: Any, backend: str) -> Artifact:

@@ -130,6 +130,14 @@ class Runtime(ABC):
                              "the stream's buffers are unchanged")
         return np.ascontiguousarray(frame)
 
+    @property
+    def batches_streams(self) -> bool:
+        """Whether :meth:`step_many` runs its streams as one batch (a batched graph), not one after another.
+
+        Both give the same logits; a report that times ``step_many`` says which it measured.
+        """
+        return type(self)._run_many is not Runtime._run_many
+
     def step_many(self, streams: Sequence[Stream], frames: Sequence[np.ndarray]) -> np.ndarray:
         """Run N streams as one batch; logits ``[N, n_class]`` equal N separate ``step`` calls."""
         self._check_open()

@@ -7,28 +7,17 @@ first and name both architectures in one line.
 """
 from __future__ import annotations
 
-import platform
-import struct
 import tarfile
 from pathlib import Path
 
+from online_tsm.elf import elf_machine, host_arch, is_elf, machine_name
 from online_tsm.runtimes.base import RuntimeOpenError
 
-# ELF e_machine -> the name ``platform.machine()`` gives on such a machine (normalised).
-ELF_MACHINES: dict[int, str] = {3: "x86", 8: "mips", 20: "ppc", 21: "ppc64", 40: "arm", 62: "x86_64",
-                                183: "aarch64", 243: "riscv64"}
-_MACHINE_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "i386": "x86", "i686": "x86",
-                    "armv7l": "arm", "armv6l": "arm", "armv8l": "arm"}
+__all__ = ["LibraryError", "check_runs_here", "elf_arch", "host_arch"]
 
 
 class LibraryError(RuntimeOpenError):
     """A compiled library that cannot run here (other architecture, not a shared library)."""
-
-
-def host_arch() -> str:
-    """This machine's CPU architecture, in ELF terms (``x86_64``, ``aarch64``, ``arm``...)."""
-    machine = platform.machine().lower()
-    return _MACHINE_ALIASES.get(machine, machine)
 
 
 def elf_arch(path: str | Path) -> str:
@@ -36,14 +25,12 @@ def elf_arch(path: str | Path) -> str:
     path = Path(path)
     with open(path, "rb") as fh:
         header = fh.read(20)
-    if len(header) < 20 or header[:4] != b"\x7fELF":
+    if not is_elf(header):
         if tarfile.is_tarfile(path):
             raise LibraryError(f"{path.name} is a tar of object files, not a shared library: link it into a .so "
                                "on (or for) the device first, e.g. with the NDK's clang for Android")
         raise LibraryError(f"{path.name} is not an ELF shared library (expected a .so built by tsm-export)")
-    order = "<" if header[5] == 1 else ">"
-    (machine,) = struct.unpack(order + "H", header[18:20])
-    return ELF_MACHINES.get(machine, f"ELF machine 0x{machine:x}")
+    return machine_name(elf_machine(header))
 
 
 def check_runs_here(path: str | Path) -> str:

@@ -124,6 +124,12 @@ class OnnxRuntimeRuntime(Runtime):
                 mine[0] = out[i]
         return batch.logits.arrays[0].copy(), states
 
+    @property
+    def batches_streams(self) -> bool:
+        """True once :meth:`step_many` has built its batch-N twin of the graph (on first use); False before, with
+        ``batched=False``, or when the graph could not be batched (streams then run one after another)."""
+        return "batched" in self._sessions
+
     def _ensure_batched(self) -> bool:
         if "batched" in self._sessions:
             return True

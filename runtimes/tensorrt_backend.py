@@ -58,8 +58,8 @@ def import_tensorrt() -> tuple[Any, Any]:
 class TensorRtRuntime(Runtime):
     backend = "tensorrt"
 
-    def __init__(self, source: str | os.PathLike, *, fp16: bool = False, engine_dir: str | os.PathLike | None = None,
-                 threads: int | None = None) -> None:  # threads: accepted for a uniform interface; unused
+    def __init__(self, source: str | os.PathLike, *, fp16: bool = False,
+                 engine_dir: str | os.PathLike | None = None) -> None:
         self._trt, self._cuda = trt, cuda = import_tensorrt()
         self.artifact = open_artifact(source, self.backend)
         onnx_path = self.artifact.file("onnx", self.backend)

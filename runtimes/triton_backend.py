@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from online_tsm.address import format_host_port, parse_host_port
 from online_tsm.errors import OnlineTSMError
 from online_tsm.runtimes.artifact import open_artifact
 from online_tsm.runtimes.base import BackendUnavailable, Runtime, RuntimeOpenError, Stream
@@ -70,18 +71,14 @@ class TritonRuntime(Runtime):
     def __init__(self, source: str | os.PathLike, *, address: str | None = None, model: str = DEFAULT_MODEL,
                  timeout: float = DEFAULT_TIMEOUT_S, threads: int | None = None) -> None:
         from online_tsm.export.triton import find_manifest
-        from online_tsm.runtimes.tvm_rpc_backend import parse_address
 
         grpcclient = import_client()
         if not address:
             raise RuntimeOpenError("backend triton needs the server's gRPC address: pass address='HOST:PORT' "
                                    "(tsm-serve prints it)")
-        try:
-            host, port = parse_address(address)
-        except RuntimeOpenError:
-            raise RuntimeOpenError(f"backend triton expects address HOST:PORT (e.g. 127.0.0.1:8001), "
-                                   f"got {address!r}") from None
-        self.address, self.model, self.timeout = f"{host}:{port}", model, float(timeout)
+        host, port = parse_host_port(address, error=RuntimeOpenError,
+                                     expected="backend triton expects address HOST:PORT (e.g. 127.0.0.1:8001)")
+        self.address, self.model, self.timeout = format_host_port(host, port), model, float(timeout)
         del threads  # the server decides; accepted so that generic callers can pass it
         self.artifact = open_artifact(find_manifest(source), self.backend)
         m = self.artifact.manifest

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from online_tsm.cli_util import last_message_line
 from online_tsm.runtimes.artifact import open_artifact
 from online_tsm.runtimes.base import BackendUnavailable, Runtime, RuntimeOpenError
 from online_tsm.runtimes.library import check_runs_here
@@ -102,7 +103,8 @@ class TvmRuntime(Runtime):
             lib = tvm.runtime.load_module(str(self._library))
             self._vm = tvm.relax.VirtualMachine(lib, device)
         except Exception as exc:  # noqa: BLE001 -- dlopen and VM errors come in many types
-            raise RuntimeOpenError(f"TVM could not load {self._library.name} ({arch}): {_first_line(exc)}") from exc
+            raise RuntimeOpenError(f"TVM could not load {self._library.name} ({arch}): "
+                                   f"{last_message_line(exc)}") from exc
         self._main = self._vm[ENTRY]
         return device, f"{kind} ({arch}) device {device}"
 
@@ -150,8 +152,4 @@ class TvmRuntime(Runtime):
         self._zeros = []
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    useful = [line for line in lines if not line.startswith(("File ", "Traceback", "at ", "0:", "1:"))]
-    return (useful[-1] if useful else type(exc).__name__)[:300]
 

@@ -26,10 +26,12 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Callable
 
+from online_tsm.address import parse_host_port
+from online_tsm.cli_util import last_message_line
 from online_tsm.errors import OnlineTSMError
 from online_tsm.runtimes.base import RuntimeOpenError
 from online_tsm.runtimes.library import elf_arch
-from online_tsm.runtimes.tvm_backend import ENTRY, TvmRuntime, _first_line
+from online_tsm.runtimes.tvm_backend import ENTRY, TvmRuntime
 
 DEFAULT_PORT = 9090
 DEFAULT_TIMEOUT_S = 10.0   # connect and per-step limit; a step of a small model over Wi-Fi takes milliseconds
@@ -42,11 +44,8 @@ class RpcTimeoutError(OnlineTSMError, TimeoutError):
 def parse_address(address: str | None = None, host: str | None = None, port: int | None = None) -> tuple[str, int]:
     """``"HOST:PORT"`` or ``host``/``port`` -> ``(host, port)``; one clear line if neither is usable."""
     if address:
-        name, sep, number = str(address).rpartition(":")
-        if not sep or not name or not number.isdigit():
-            raise RuntimeOpenError(f"backend tvm-rpc expects address HOST:PORT (e.g. 192.168.1.20:{DEFAULT_PORT}), "
-                                   f"got {address!r}")
-        return name, int(number)
+        return parse_host_port(address, error=RuntimeOpenError,
+                               expected=f"backend tvm-rpc expects address HOST:PORT (e.g. 192.168.1.20:{DEFAULT_PORT})")
     if not host:
         raise RuntimeOpenError("backend tvm-rpc needs the device's RPC server: pass address='HOST:PORT' "
                                "(or host= and port=)")
@@ -113,7 +112,8 @@ class TvmRpcRuntime(TvmRuntime):
             raise
         except Exception as exc:  # noqa: BLE001
             self._worker.shutdown()
-            raise RuntimeOpenError(f"could not connect to a TVM RPC server at {host}:{port} ({_first_line(exc)}); "
+            raise RuntimeOpenError(f"could not connect to a TVM RPC server at {host}:{port} "
+                                   f"({last_message_line(exc)}); "
                                    f"start one on the device: python -m tvm.exec.rpc_server --host DEVICE_IP "
                                    f"--port {port} (on a trusted network only: the server is unauthenticated)"
                                    ) from exc
@@ -128,7 +128,8 @@ class TvmRpcRuntime(TvmRuntime):
         except Exception as exc:  # noqa: BLE001
             self._worker.shutdown()
             raise RuntimeOpenError(f"the RPC server at {host}:{port} could not load {self._library.name}, which is "
-                                   f"built for {arch} ({kind}): is the device {arch}? ({_first_line(exc)})") from exc
+                                   f"built for {arch} ({kind}): is the device {arch}? "
+                                   f"({last_message_line(exc)})") from exc
         if threads:
             self.remote.get_function("runtime.config_threadpool")(1, int(threads))
         return device, f"{kind} ({arch}) device at {host}:{port}"

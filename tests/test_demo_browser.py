@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 import pytest
 
+from helpers import require_tools
 from online_tsm.demo.app import frame_record
 from online_tsm.demo.model import load_demo_model
 
@@ -37,11 +38,8 @@ def _require_browser() -> None:
         import selenium  # noqa: F401
     except ImportError:
         missing.append("selenium (pip, in the dev extra)")
-    if missing:
-        message = f"the browser test needs {', '.join(missing)} (apt-get install -y chromium chromium-driver)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; .ci/run installs them, so in CI this is a set-up error")
-        pytest.skip(message)
+    require_tools(missing, f"the browser test needs {', '.join(missing)} (apt-get install -y chromium "
+                           "chromium-driver)")
 
 
 @pytest.fixture

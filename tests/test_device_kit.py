@@ -12,7 +12,6 @@ import ast
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +22,8 @@ import pytest
 from online_tsm.export import device_kit
 from online_tsm.export import device_run as template
 from online_tsm.export.manifest import load_manifest, write_manifest
-from online_tsm.export.reference import frames_for, read_reference, tolerance_for
+from online_tsm.export.reference import frames_for, read_reference, tolerance_other_machine, tolerance_same_machine
+from runtime_artifacts import copy_artifact, small_artifact  # noqa: F401 -- fixture
 
 ALWAYS_BLOCKED = ("online_tsm", "torch", "cv2", "onnx", "onnxslim", "onnxscript", "psutil")
 
@@ -56,14 +56,9 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def copy_artifact(source: Path, dest: Path) -> Path:
-    shutil.copytree(source, dest)
-    return dest
-
-
 @pytest.fixture(scope="module")
-def host(export_cache, small_weights) -> Path:
-    return export_cache("small-host", small_weights, "host")
+def host(small_artifact) -> Path:
+    return small_artifact
 
 
 @pytest.fixture(scope="module")
@@ -117,13 +112,11 @@ def test_template_is_python_3_8_and_imports_only_the_standard_library():
 
 # -- one rule, one set of frames, one ELF reading --------------------------------------------------
 def test_the_tolerance_rule_is_the_package_rule(host):
-    from online_tsm.export import emulate
-
     manifest = json.loads((host / "manifest.json").read_text())
     assert manifest["target"]["verification"] == device_kit.verification_rule() == template.DEFAULT_RULE
     reference = read_reference(host / "reference.npz")
     largest = float(np.abs(reference).max())
-    for same, package_rule in ((True, tolerance_for), (False, emulate.tolerance_for)):
+    for same, package_rule in ((True, tolerance_same_machine), (False, tolerance_other_machine)):
         absolute, relative, _ = template.tolerance_rule(manifest, same_machine=same, fp16=False)
         assert max(absolute, relative * largest) == pytest.approx(package_rule(reference), rel=1e-12)
 
@@ -139,6 +132,14 @@ def test_template_frames_are_the_export_frames(host):
     frames = template.verification_frames(np, as_dict, 4)
     assert frames.dtype == np.uint8 and frames.shape == (4, 48, 64, 3)
     np.testing.assert_array_equal(frames, frames_for(manifest, 4))
+
+
+def test_template_names_machines_like_the_package():
+    from online_tsm import elf
+
+    assert template.ELF_MACHINES == elf.MACHINE_NAMES
+    assert template.MACHINE_ALIASES == elf.MACHINE_ALIASES
+    assert template.host_arch() == elf.host_arch()
 
 
 def test_template_reads_elf_headers_like_the_package(host, tmp_path):
@@ -159,7 +160,7 @@ def test_run_py_verifies_and_times_with_numpy_and_tvm_only(host_result, host):
     check = data["verification"]
     reference = read_reference(host / "reference.npz")
     assert check["passed"] is True and check["frames"] == 16 and check["buffers"] == 10
-    assert check["max_abs_diff"] <= check["tolerance"] == pytest.approx(tolerance_for(reference))
+    assert check["max_abs_diff"] <= check["tolerance"] == pytest.approx(tolerance_same_machine(reference))
     assert check["max_abs_reference"] > 1.0      # non-trivial logits
     assert "max abs diff" in out and "max(0.0001, 1e-05 x max |reference logit|)" in out and "PASS" in out
     timing = data["timing"]

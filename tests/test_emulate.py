@@ -13,7 +13,6 @@ compiler are genuinely absent, and never in CI (``CI`` set), where
 """
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import threading
@@ -24,9 +23,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from online_tsm.export.emulate import (EMULATED_TIMING_NOTE, EmulatedCheck, EmulationCheckError, tolerance_for,
+from helpers import require_tools
+from online_tsm.export.emulate import (EMULATED_TIMING_NOTE, EmulatedCheck, EmulationCheckError,
                                        verify_emulated, verify_emulated_many)
 from online_tsm.export.manifest import ManifestError, load_manifest, write_manifest
+from online_tsm.export.reference import tolerance_other_machine
 from online_tsm.export.sysroot import EmulationUnavailable, ensure_sysroot, file_lock, missing_system_packages
 
 pytestmark = pytest.mark.emulation
@@ -35,11 +36,7 @@ def _require_emulator() -> None:
     missing = missing_system_packages()
     if not shutil.which("aarch64-linux-gnu-gcc"):
         missing.append("gcc-aarch64-linux-gnu")
-    if missing:
-        message = f"aarch64 emulation needs the Debian packages {', '.join(missing)} (apt-get install them)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; .ci/run installs them, so in CI this is a set-up error")
-        pytest.skip(message)
+    require_tools(missing, f"aarch64 emulation needs the Debian packages {', '.join(missing)} (apt-get install them)")
 
 
 # -- artifacts ----------------------------------------------------------------------------------------
@@ -237,8 +234,8 @@ def test_second_preparer_waits_for_the_lock(tmp_path):
 
 
 def test_tolerance_is_relative_with_a_floor():
-    assert tolerance_for(np.array([[0.5, -0.2]])) == 1e-4
-    assert tolerance_for(np.array([[3.0, -8.0]])) == pytest.approx(8e-4)
+    assert tolerance_other_machine(np.array([[0.5, -0.2]])) == 1e-4
+    assert tolerance_other_machine(np.array([[3.0, -8.0]])) == pytest.approx(8e-4)
 
 
 def test_emulated_python_that_cannot_start_is_reported_in_one_line(tmp_path):

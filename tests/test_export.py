@@ -269,6 +269,24 @@ def test_list_targets_prints_the_table(capsys):
     assert "aarch64-linux-gnu" in out and "sm_53" in out
 
 
+def test_target_rows_carry_what_code_used_to_branch_on():
+    """NDK need, expected ELF machine, emulation support and README steps are data of the row, and survive the
+    manifest: a row rebuilt from ``manifest.target`` answers the same."""
+    from online_tsm.export.targets import ExportTarget
+
+    for row in TARGETS:
+        rebuilt = ExportTarget.from_manifest(json.loads(json.dumps(row.to_manifest(library="model.so"))))
+        assert (rebuilt.needs_ndk, rebuilt.elf_machine, rebuilt.emulated) == (row.needs_ndk, row.elf_machine,
+                                                                             row.emulated)
+        assert "device_steps" not in row.to_manifest(library=None)   # README.txt text stays out of manifests
+    by_name = {row.name: row for row in TARGETS}
+    assert [name for name, row in by_name.items() if row.needs_ndk] == ["android-arm64"]
+    assert {name for name, row in by_name.items() if row.elf_machine == elf.EM_AARCH64} == {
+        "jetson-nano", "android-arm64", "raspberry-pi-4"}
+    assert by_name["host"].elf_machine is None and not by_name["onnx"].emulated
+    assert all(row.device_steps for row in TARGETS if row.packager is None)
+
+
 def test_unknown_target_is_one_line(capsys, small_weights, tmp_path):
     assert cli_main(["--weights", str(small_weights), "--target", "toaster", "-o", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err

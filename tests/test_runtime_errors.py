@@ -222,6 +222,9 @@ def test_unknown_option(small_artifact):
     with pytest.raises(RuntimeOpenError, match=r"backend onnxruntime does not take option\(s\) adress; it takes "
                                                 r"threads, batched"):
         open_runtime(small_artifact, "onnxruntime", adress="1.2.3.4:9090")
+    with pytest.raises(RuntimeOpenError) as exc:   # the engine runs on the GPU: there are no CPU threads to set
+        open_runtime(small_artifact, "tensorrt", threads=2)
+    assert single_line(exc) == "backend tensorrt does not take option(s) threads; it takes fp16, engine_dir"
 
 
 def test_tensorrt_not_installed_says_how_to_install(small_artifact):
@@ -251,3 +254,19 @@ def test_tvm_rpc_without_a_server(small_artifact):
     assert single_line(exc).startswith(f"could not connect to a TVM RPC server at 127.0.0.1:{port}")
     assert f"python -m tvm.exec.rpc_server --host DEVICE_IP --port {port}" in str(exc.value)
     assert "0.0.0.0" not in str(exc.value) and "trusted network" in str(exc.value)  # the server is unauthenticated
+
+
+def test_one_address_parser_for_every_host_port():
+    """tvm-rpc, triton, --serve and --rpc share one HOST:PORT parser; each caller keeps its own words."""
+    from online_tsm.address import AddressError, format_host_port, parse_host_port
+
+    assert parse_host_port("192.168.1.20:9090") == ("192.168.1.20", 9090)
+    assert parse_host_port("[::1]:8001") == ("::1", 8001)
+    assert format_host_port("::1", 8001) == "[::1]:8001" and format_host_port("nano", 9090) == "nano:9090"
+    assert parse_host_port("8765", default_host="127.0.0.1") == ("127.0.0.1", 8765)
+    for bad in ("nano", ":9090", "nano:", "nano:port", "nano:70000"):
+        with pytest.raises(AddressError) as info:
+            parse_host_port(bad, expected="--rpc expects HOST:PORT")
+        assert str(info.value) == f"--rpc expects HOST:PORT, got {bad!r}"
+    with pytest.raises(RuntimeOpenError, match=r"^backend tvm-rpc expects address HOST:PORT \(e\.g\. "):
+        open_runtime(".", backend="tvm-rpc", address="nano")

@@ -115,8 +115,14 @@ def test_artifact_backends_reproduce_the_exported_reference(small_artifact, back
 
 def test_onnxruntime_step_many_runs_one_batch(small_artifact, frames):
     with open_runtime(small_artifact, "onnxruntime") as rt:
+        assert not rt.batches_streams  # the batch-N graph is built on first use
         rt.step_many([rt.new_stream() for _ in range(2)], list(frames[:2]))
-        assert "batched" in rt._sessions  # a real batch-N graph, not a loop
+        assert rt.batches_streams  # a real batch-N graph, not a loop
+    with open_runtime(small_artifact, "onnxruntime", batched=False) as rt:
+        rt.step_many([rt.new_stream() for _ in range(2)], list(frames[:2]))
+        assert not rt.batches_streams
+    with open_runtime(small_artifact, "tvm") as rt:
+        assert not rt.batches_streams  # the library fixes batch 1
 
 
 def test_tvm_device_time_is_measured_without_touching_streams(small_artifact, frames):
