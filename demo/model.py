@@ -64,10 +64,9 @@ def load_demo_model(backend: str, artifact: str | Path | None = None, weights: s
         path = Path(artifact).expanduser()
         if not path.is_dir():
             raise UserError(f"no such export folder: {path} (tsm-export writes one)")
-        from online_tsm.export.manifest import load_manifest
-
         runtime = open_runtime(str(path), backend=backend, **options)
-        pace = pace_from_metadata(load_manifest(path, verify_files=False).model)
+        # The manifest the backend opened (a Triton repository keeps it inside the model's version folder).
+        pace = pace_from_metadata(runtime.artifact.manifest.model)
         return DemoModel(runtime, f"artifact {path}", untrained=False, pace=pace)
 
     if backend not in CHECKPOINT_BACKENDS and backend != "auto":

@@ -114,6 +114,24 @@ def test_step_many_sends_eight_streams_at_once(repo, served, local):
             assert np.abs(logits - expected[:, t]).max() <= TOLERANCE
 
 
+def test_demo_opens_the_repository_with_the_triton_backend(repo, served, local):
+    """``tsm-demo --backend triton --artifact REPO --address HOST:PORT``: the demo's model, pace from the manifest."""
+    from online_tsm.demo.model import load_demo_model
+    from online_tsm.pacing import pace_from_metadata
+
+    demo = load_demo_model("triton", artifact=repo, address=served)
+    try:
+        assert demo.runtime.backend == "triton" and not demo.untrained
+        assert demo.pace == pace_from_metadata(local.artifact.manifest.model)
+        x = frames(1, 3, seed=5)[0]
+        expected = local.new_stream()
+        stream = demo.runtime.new_stream()
+        for frame in x:
+            assert np.abs(stream.step(frame) - expected.step(frame)).max() <= TOLERANCE
+    finally:
+        demo.runtime.close()
+
+
 def test_taken_port_is_one_line(repo, served):
     port = served.rsplit(":", 1)[1]
     run = subprocess.run([*SERVE, str(repo), "--grpc-port", port, "--http-port", "0", "--metrics-port", "0"],
