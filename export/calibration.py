@@ -83,7 +83,7 @@ def _single_stream(path: Path, every: int) -> CalibrationSet:
     if len(frames) < 6:
         raise UserError(f"--calibration {path}: {len(frames)} frames at the model's pace; need at least 6")
     cut = (2 * len(frames)) // 3
-    chunks = [frames[i:i + MAX_FRAMES_PER_CLIP] for i in range(0, cut, MAX_FRAMES_PER_CLIP)]
+    chunks = [frames[i:min(i + MAX_FRAMES_PER_CLIP, cut)] for i in range(0, cut, MAX_FRAMES_PER_CLIP)]
     return CalibrationSet([CalibrationClip(f"{path.name}[{i}]", c) for i, c in enumerate(chunks)],
                           [CalibrationClip(f"{path.name}[held out]", frames[cut:])],
                           f"{path} ({len(frames)} frames: first {cut} calibrate, last {len(frames) - cut} held out)",
