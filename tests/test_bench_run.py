@@ -18,7 +18,7 @@ from online_tsm.benchmarks.report import render_markdown, render_terminal, write
 from online_tsm.benchmarks.suite import SCHEMA, BenchConfig, run_benchmark
 from online_tsm.checkpoint import save_checkpoint
 
-BACKENDS = ["torch", "onnxruntime", "ort-plain", "tensorrt"]
+BACKENDS = ["torch", "onnxruntime", "onnxruntime-int8", "ort-plain", "tensorrt"]
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,18 @@ def test_report_has_every_requested_backend_with_a_status(report_data):
     for r in rows.values():
         assert r["status"] in ("ok", "skipped", "error")
         assert r["status"] == "ok" or r["reason"]
+
+
+def test_int8_row_carries_its_agreement_and_the_precision_targets_are_judged(report_data):
+    rows = {r["backend"]: r for r in report_data["rows"]}
+    int8 = rows["onnxruntime-int8"]
+    assert int8["status"] == "ok" and int8["precision"] == "int8" and rows["onnxruntime"]["precision"] == "fp32"
+    assert 0.0 <= int8["agreement"]["top1_agreement_frames"] <= 1.0 and int8["agreement"]["clips"] > 0
+    targets = {t["id"]: t for t in report_data["targets"]}
+    assert targets[5]["reached"] in (True, False) and "ort-plain" in targets[5]["measured"]
+    assert targets[6]["reached"] is None  # auto and tvm were not in this run
+    assert targets[7]["reached"] in (True, False) and "op profile" in targets[7]["measured"]
+    assert targets[8]["reached"] in (True, False)
 
 
 def test_measured_rows_carry_stats_overhead_and_source(report_data):
