@@ -38,6 +38,7 @@ WEIGHTS = "int8 per-channel"
 DEFAULT_MIN_AGREEMENT = 0.98
 DRIFT_FRAMES = 1000
 PERCENTILE = 99.99
+CALIBRATION_CHUNK = 32      # frames per calibration pass (bounds memory; ranges accumulate across passes)
 
 
 class QuantizationError(RuntimeError):
@@ -74,14 +75,25 @@ def quantize_int8(fp32_onnx: Path, feeds: list[dict[str, np.ndarray]], out: Path
                                           quantize_static)
 
     class Reader(CalibrationDataReader):
+        """Hands ORT the feeds a chunk at a time (``set_range``): its histogram calibrator keeps every activation of
+        the frames it is given in memory, about 25 MB a frame at 224x224."""
+
         def __init__(self) -> None:
-            self.it = iter(feeds)
+            self.it = iter(())
+
+        def __len__(self) -> int:
+            return len(feeds)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.it = iter(feeds[start_index:end_index])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.it, None)
 
     import onnx
 
+    chunk = min(CALIBRATION_CHUNK, len(feeds))
+    feeds = feeds[:len(feeds) - len(feeds) % chunk] if chunk else feeds  # ORT wants whole chunks
     if not feeds:
         raise QuantizationError("no calibration frames")
     classifier = [n.name for n in onnx.load(str(fp32_onnx), load_external_data=False).graph.node
@@ -94,7 +106,8 @@ def quantize_int8(fp32_onnx: Path, feeds: list[dict[str, np.ndarray]], out: Path
                 quantize_static(str(fp32_onnx), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                                 calibrate_method=CalibrationMethod.Percentile, nodes_to_exclude=classifier,
-                                extra_options={"ActivationSymmetric": False, "CalibPercentile": PERCENTILE})
+                                extra_options={"ActivationSymmetric": False, "CalibPercentile": PERCENTILE,
+                                               "CalibStridedMinMax": chunk})
         finally:
             os.chdir(cwd)
 

@@ -18,7 +18,7 @@ from online_tsm.benchmarks.report import render_markdown, render_terminal, write
 from online_tsm.benchmarks.suite import SCHEMA, BenchConfig, run_benchmark
 from online_tsm.checkpoint import save_checkpoint
 
-BACKENDS = ["torch", "onnxruntime", "onnxruntime-int8", "ort-plain", "tensorrt"]
+BACKENDS = ["torch", "onnxruntime", "ort-plain", "tensorrt"]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,10 @@ def test_report_has_every_requested_backend_with_a_status(report_data):
         assert r["status"] == "ok" or r["reason"]
 
 
-def test_int8_row_carries_its_agreement_and_the_precision_targets_are_judged(report_data):
+@pytest.mark.slow
+def test_int8_row_carries_its_agreement_and_the_precision_targets_are_judged(bench_env):
+    report_data = run_benchmark(small_config(bench_env, backends=["onnxruntime", "onnxruntime-int8", "ort-plain"],
+                                             profile=True, streams=0, end_to_end=False)).to_dict()
     rows = {r["backend"]: r for r in report_data["rows"]}
     int8 = rows["onnxruntime-int8"]
     assert int8["status"] == "ok" and int8["precision"] == "int8" and rows["onnxruntime"]["precision"] == "fp32"
@@ -106,7 +109,7 @@ def test_reference_and_bound_rows_are_labelled(report_data):
 
 def test_targets_are_evaluated_without_pretending(report_data):
     targets = {t["id"]: t for t in report_data["targets"]}
-    assert set(targets) == {1, 2, 3, 4}
+    assert set(targets) == set(range(1, 9))
     assert targets[3]["reached"] is None or "tvm" in targets[3]["measured"]  # tvm not in this run
     for t in targets.values():
         assert t["reached"] in (True, False, None) and t["measured"]
