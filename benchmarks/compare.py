@@ -74,7 +74,8 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m online_tsm.benchmarks.compare", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m online_tsm.benchmarks.compare",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("contestants", nargs="+", help="NAME=FOLDER[:BACKEND] (backend: auto, onnxruntime, tvm, "
                                                        "ort-plain; default auto)")
     parser.add_argument("--threads", type=int, default=None)

@@ -119,7 +119,8 @@ def _precision_targets(report: "BenchReport", local: list) -> list[dict[str, Any
         out.append(_check(6, text, None, "needs auto and onnxruntime or tvm in the run"))
 
     movement = (report.profile or {}).get("shift_movement")
-    text = f"shift data movement (Split/Concat/Slice/reorders, TSM - TSN) <= {SHIFT_MOVEMENT_LIMIT:.0%} of the ORT frame"
+    text = (f"shift data movement (Split/Concat/Slice/reorders, TSM - TSN) <= {SHIFT_MOVEMENT_LIMIT:.0%} of the ORT "
+            "frame")
     if movement:
         out.append(_check(7, text, movement["share"] <= SHIFT_MOVEMENT_LIMIT,
                           f"{movement['movement_ms']:.3f} ms = {movement['share']:.1%} of {movement['kernel_ms']:.2f} "

@@ -1,4 +1,4 @@
-"""``--calibration DATA`` for ``tsm-export --precision int8``: clips to set int8 ranges, and clips held out to check them.
+"""``tsm-export --precision int8 --calibration DATA``: clips that set int8 ranges, and clips held out to check them.
 
 DATA is what ``tsm-train`` reads (a class-per-folder tree, its ``train/``
 split, a Jester tree), a single video, a folder of frames, or ``synthetic``
@@ -64,10 +64,10 @@ def _from_split(split: object, model_labels: Sequence[str], every: int, n_calibr
         return [CalibrationClip(c.name, _load(c, every, limit), None if labels is None else labels[c.label])
                 for c in picked]
 
-    train, val = split.train, split.val  # type: ignore[attr-defined]
+    train, val, description = split.train, split.val, split.description  # type: ignore[attr-defined]
     if not val:
-        raise UserError(f"--calibration {split.description}: no held-out (validation) clips to measure agreement "  # type: ignore[attr-defined]
-                        "on; give a folder with at least two clips per class, or train/ and val/ splits")
+        raise UserError(f"--calibration {description}: no held-out (validation) clips to measure agreement on; "
+                        "give a folder with at least two clips per class, or train/ and val/ splits")
     return CalibrationSet(convert(train, n_calibration, CALIBRATION_FRAMES_PER_CLIP), convert(val, n_held_out),
                           split.description, labels is not None)  # type: ignore[attr-defined]
 

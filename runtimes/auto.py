@@ -210,7 +210,7 @@ def resolve_choice(folder: Path, *, threads: int | None = None, choose: str | No
                    options: dict[str, Any] | None = None, clock: Clock = time.perf_counter,
                    budget_s: float = BUDGET_S,
                    opener: Callable[[str], Runtime] | None = None) -> tuple[AutoChoice, Runtime | None]:
-    """The rule of ``backend="auto"`` for an export folder; returns the choice and, if it was measured, its open runtime.
+    """The rule of ``backend="auto"`` for an export folder: the choice and, if measured, its open runtime.
 
     1. ``choose=`` or ``$ONLINE_TSM_AUTO`` names the backend: used as is (an error if it cannot run here).
     2. Only one of onnxruntime / tvm can run the folder here (or takes the options given): that one.

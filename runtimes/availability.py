@@ -115,7 +115,7 @@ def resolve_auto(source: Any, *, threads: int | None = None, choose: str | None 
 
 def open_auto(source: Any, *, threads: int | None = None, choose: str | None = None, remeasure: bool = False,
               **options: Any) -> Runtime:
-    """``open_runtime(source, backend="auto")``: see :func:`resolve_auto`; ``runtime.description`` says what was measured."""
+    """``open_runtime(source, backend="auto")``: see :func:`resolve_auto`; ``description`` says what was measured."""
     from online_tsm.runtimes import open_runtime
 
     if source_kind(source) != "folder":

@@ -159,3 +159,22 @@ def test_shift_as_convolutions_is_exact_and_has_no_channel_slicing(small_artifac
     folded = stream_onnxruntime(tmp_path / "folded.onnx", manifest, frames)
     assert np.abs(plain).max() > 0.5
     np.testing.assert_allclose(folded, plain, rtol=0, atol=1e-5)
+
+
+def test_compare_times_contestants_in_one_process(small_artifact, tmp_path, monkeypatch):
+    from online_tsm.benchmarks.compare import compare
+
+    monkeypatch.setenv("ONLINE_TSM_CACHE", str(tmp_path))
+    result = compare([f"plain={small_artifact}:ort-plain", f"ort={small_artifact}:onnxruntime"], threads=1,
+                     frames=4, warmup=1, round_size=2)
+    plain, ort = result["rows"]
+    assert (plain["name"], ort["name"]) == ("plain", "ort") and plain["runs"] == ort["runs"] == 4
+    assert plain["speedup_vs_first_p50"] == 1.0
+    assert ort["speedup_vs_first_p50"] == pytest.approx(plain["p50_ms"] / ort["p50_ms"])
+
+
+def test_compare_bad_contestant_is_one_line(capsys):
+    from online_tsm.benchmarks.compare import main
+
+    assert main(["nofolder"]) != 0
+    assert "expected NAME=FOLDER[:BACKEND], got 'nofolder'" in capsys.readouterr().err
