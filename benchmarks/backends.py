@@ -34,6 +34,7 @@ class BackendPlan:
     baseline: bool = False
     remote: bool = False
     on_by_default: bool = True
+    precision: str = "fp32"      # of the artifact it runs (tsm-export --precision)
 
 
 BACKEND_PLANS: dict[str, BackendPlan] = {
@@ -41,9 +42,12 @@ BACKEND_PLANS: dict[str, BackendPlan] = {
     for p in (
         BackendPlan("torch", "torch", None),
         BackendPlan("onnxruntime", "onnxruntime", ONNX_TARGET),
+        BackendPlan("onnxruntime-int8", "onnxruntime", ONNX_TARGET, precision="int8"),
         BackendPlan(PLAIN_ORT, PLAIN_ORT, ONNX_TARGET, baseline=True),
         BackendPlan("tvm", "tvm", HOST_TVM_TARGET),
         BackendPlan("tensorrt", "tensorrt", ONNX_TARGET),
+        # what open_runtime(folder) picks by default: the host artifact (ONNX + TVM library), measured and cached
+        BackendPlan("auto", "auto", HOST_TVM_TARGET),
         BackendPlan("tvm-rpc", "tvm-rpc", None, remote=True, on_by_default=False),
     )
 }
@@ -58,6 +62,8 @@ def backend_availability() -> dict[str, str | None]:
     for name, plan in BACKEND_PLANS.items():
         if plan.runtime == PLAIN_ORT:
             out[name] = None if importlib.util.find_spec("onnxruntime") else "onnxruntime not installed"
+        elif plan.runtime == "auto":
+            out[name] = runtimes.get("tvm")  # its artifact is the host export, which needs TVM to build
         elif plan.runtime not in BACKENDS:
             out[name] = f"no {plan.runtime} runtime in this online-tsm build"
         else:
@@ -71,10 +77,19 @@ def default_bench_backends(remote: bool = False) -> list[str]:
     return names + (["tvm-rpc"] if remote else [])
 
 
-def export_for_plan(model: MobileNetV2TSM, target: str, out_dir: Path, shift: str) -> Path:
+# int8 artifacts of the benchmark model: calibrated on the synthetic gestures whatever the weights (the paper
+# setting's seeded random weights have no data of their own), never refused (the agreement is reported instead).
+BENCH_CALIBRATION = "synthetic"
+
+
+def export_for_plan(model: MobileNetV2TSM, target: str, out_dir: Path, shift: str, precision: str = "fp32") -> Path:
     """Write the artifact of ``model`` for ``target`` (``shift="none"``: the TSN baseline) into ``out_dir``."""
     from online_tsm.export.api import export_artifact
 
+    if precision == "int8":
+        return Path(export_artifact(model, target, out_dir, shift=shift, precision="int8",
+                                    calibration=BENCH_CALIBRATION, min_agreement=0.0,
+                                    drift_frames=None if shift == "causal" else 0))
     return Path(export_artifact(model, target, out_dir, shift=shift))
 
 

@@ -21,18 +21,34 @@ import numpy as np
 
 from online_tsm.export.manifest import load_manifest
 
-# The shift as ORT runs it: Slice pairs fused into Split, then Concat.
+# The shift as ORT runs a plain graph: Slice pairs fused into Split, then Concat.
 SHIFT_OPS = ("Slice", "Split", "Concat")
+# Layout conversions ORT inserts around what its blocked (NCHWc) layout cannot hold.
+REORDER_OPS = ("ReorderInput", "ReorderOutput")
+# The exporter's rewrite expresses the shift as small 1x1 convolutions (export/shift_fold.py); their nodes are
+# named after it, so the profile shows them apart from the model's own convolutions.
+SHIFT_CONV = "Conv (shift as 1x1 conv)"
+SHIFT_NODE_PREFIXES = ("shift_fold_", "shift_out_")
+
+
+def _op_class(event: dict[str, Any]) -> str:
+    op = event.get("args", {}).get("op_name", "?")
+    if op == "Conv" and str(event.get("name", "")).startswith(SHIFT_NODE_PREFIXES):
+        return SHIFT_CONV
+    return op
 
 
 def profile_onnxruntime(artifact: str | os.PathLike, frames: np.ndarray, *, warmup: int = 5,
-                        threads: int | None = None) -> dict[str, Any]:
-    """Per-op-type milliseconds per frame for ``frames`` ``[T, ...]`` streamed through the artifact's ONNX graph."""
+                        threads: int | None = None, onnx_file: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Per-op-type milliseconds per frame (median over frames) for ``frames`` ``[T, ...]`` streamed through the graph.
+
+    ``onnx_file`` profiles another graph with the artifact's contract (e.g. its quantized twin).
+    """
     import onnxruntime as ort
 
     folder = Path(artifact)
     manifest = load_manifest(folder)
-    onnx_file = folder / (manifest.file_with_role("onnx") or "model.onnx")
+    onnx_file = Path(onnx_file) if onnx_file else folder / (manifest.file_with_role("onnx") or "model.onnx")
     names = [manifest.logits_output] + [b.output for b in manifest.buffers]
     with tempfile.TemporaryDirectory() as tmp:
         options = ort.SessionOptions()
@@ -48,25 +64,47 @@ def profile_onnxruntime(artifact: str | os.PathLike, frames: np.ndarray, *, warm
         events = json.loads(Path(session.end_profiling()).read_text())
     runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
     timed_runs = runs[warmup:]
-    first_ts = timed_runs[0]["ts"] if timed_runs else 0
-    by_op: dict[str, float] = {}
+    # Per frame, per op class; then the median over frames: on a shared machine one preempted frame must not
+    # move a class (the mean would).
+    per_frame: list[dict[str, float]] = [{} for _ in timed_runs]
+    starts = [r["ts"] for r in timed_runs]
     for e in events:
-        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time") or e.get("ts", 0) < first_ts:
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
             continue
-        op = e.get("args", {}).get("op_name", "?")
-        by_op[op] = by_op.get(op, 0.0) + e.get("dur", 0) / 1e3
+        i = int(np.searchsorted(starts, e.get("ts", 0), side="right")) - 1
+        if i < 0 or e["ts"] > starts[i] + timed_runs[i].get("dur", 0):
+            continue
+        op = _op_class(e)
+        per_frame[i][op] = per_frame[i].get(op, 0.0) + e.get("dur", 0) / 1e3
     n = max(1, len(timed_runs))
-    run_ms = sum(r.get("dur", 0) for r in timed_runs) / 1e3 / n
-    ops = sorted(((op, ms / n) for op, ms in by_op.items()), key=lambda kv: -kv[1])
+    run_ms = float(np.median([r.get("dur", 0) / 1e3 for r in timed_runs])) if timed_runs else 0.0
+    classes = {op for frame in per_frame for op in frame}
+    ops = sorted(((op, float(np.median([f.get(op, 0.0) for f in per_frame]))) for op in classes),
+                 key=lambda kv: -kv[1])
     kernel_ms = sum(ms for _, ms in ops)
     return {
         "tool": f"onnxruntime {ort.__version__} profiler",
         "frames": n,
         "run_ms_per_frame": run_ms,
         "ops": [{"op": op, "ms_per_frame": ms, "share": ms / kernel_ms if kernel_ms else 0.0} for op, ms in ops],
-        "shift_ops_ms_per_frame": sum(ms for op, ms in ops if op in SHIFT_OPS),
+        "shift_ops_ms_per_frame": sum(ms for op, ms in ops if op in SHIFT_OPS or op == SHIFT_CONV),
         "outside_kernels_ms_per_frame": max(0.0, run_ms - kernel_ms),
     }
+
+
+def shift_movement(tsm: dict[str, Any], tsn: dict[str, Any]) -> dict[str, float]:
+    """What the shift costs ORT in data movement: Slice/Split/Concat and layout reorders, TSM minus TSN.
+
+    ``share`` is that over the TSM frame's kernel time; the shift's 1x1
+    convolutions (the rewritten graph) are reported apart as ``shift_conv_ms``.
+    """
+    def ms(profile: dict[str, Any], ops: tuple[str, ...]) -> float:
+        return sum(o["ms_per_frame"] for o in profile["ops"] if o["op"] in ops)
+
+    movement = max(0.0, ms(tsm, SHIFT_OPS + REORDER_OPS) - ms(tsn, SHIFT_OPS + REORDER_OPS))
+    kernels = sum(o["ms_per_frame"] for o in tsm["ops"])
+    return {"movement_ms": movement, "share": movement / kernels if kernels else 0.0,
+            "shift_conv_ms": ms(tsm, (SHIFT_CONV,)), "kernel_ms": kernels}
 
 
 def compare_profiles(tsm: dict[str, Any], tsn: dict[str, Any]) -> list[dict[str, Any]]:

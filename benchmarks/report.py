@@ -133,6 +133,26 @@ def _imported_notes(data: dict[str, Any]) -> list[str]:
 
 
 TARGET_HEADERS = ["#", "Target", "Measured", "Reached"]
+PRECISION_HEADERS = ["Backend", "Precision", "p50 (ms)", "vs ort-plain p50", "top-1 agreement (frames)",
+                     "top-1 agreement (last frames)", "max |logit diff|", "drift (mean |diff|, last 100)"]
+
+
+def precision_rows(data: dict[str, Any]) -> list[list[str]]:
+    """Each measured row's precision, its speed against the plain ORT float32 loop, and int8 agreement."""
+    plain = next((r for r in data["rows"] if r["backend"] == "ort-plain" and r["status"] == "ok"), None)
+    rows = []
+    for r in data["rows"]:
+        if r["status"] != "ok" or r.get("baseline"):
+            continue
+        a = r.get("agreement") or {}
+        ratio = plain["tsm"]["p50_ms"] / r["tsm"]["p50_ms"] if plain else None
+        rows.append([r["backend"], r.get("precision", "fp32"), _num(r["tsm"]["p50_ms"]),
+                     "-" if ratio is None else f"{ratio:.2f}x",
+                     f"{a['top1_agreement_frames']:.1%} of {a['frames']}" if a else "-",
+                     f"{a['top1_agreement_last_frame']:.1%} of {a['clips']}" if a else "-",
+                     _num(a.get("max_abs_logit_diff")) if a else "-",
+                     _num((a.get("drift") or {}).get("mean_abs_diff_last_100"), 3) if a else "-"])
+    return rows
 
 
 def target_rows(data: dict[str, Any]) -> list[list[str]]:
@@ -196,8 +216,11 @@ def render_terminal(data: dict[str, Any]) -> str:
                   format_table(STREAMS_HEADERS, st)]
     for prof in _profiles(data):
         parts += ["", _profile_title(prof), format_table(PROFILE_HEADERS, profile_rows(prof))]
+    if data.get("rows"):
+        parts += ["", "Precision, speed against the plain ONNX Runtime loop, int8 agreement with float32",
+                  format_table(PRECISION_HEADERS, precision_rows(data))]
     if data.get("targets"):
-        parts += ["", "Performance targets (issue 6)", format_table(TARGET_HEADERS, target_rows(data))]
+        parts += ["", "Performance targets", format_table(TARGET_HEADERS, target_rows(data))]
     parts += [f"note: {n}" for n in data.get("notes", [])]
     parts += [f"({data['wall_s']:.0f} s)"] if data.get("model") else []
     return "\n".join(parts) + "\n"
@@ -231,6 +254,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         parts += ["", "### Batched streams (`step_many`)", "", markdown_table(STREAMS_HEADERS, st)]
     for prof in _profiles(data):
         parts += ["", f"### {_profile_title(prof)}", "", markdown_table(PROFILE_HEADERS, profile_rows(prof))]
+    if data.get("rows"):
+        parts += ["", "### Precision and int8 agreement", "", markdown_table(PRECISION_HEADERS, precision_rows(data))]
     if data.get("targets"):
         parts += ["", "### Performance targets", "", markdown_table(TARGET_HEADERS, target_rows(data))]
     if data.get("notes"):

@@ -86,6 +86,8 @@ class BackendResult:
     end_to_end: dict[str, Any] | None = None
     streams: dict[str, Any] | None = None
     baseline: bool = False              # a yardstick (plain ORT), not a backend users pick
+    precision: str = "fp32"
+    agreement: dict[str, Any] | None = None  # int8 rows: agreement with float32, as stored by the export
     remote: dict[str, Any] | None = None  # how a remote device was timed, and the steps over the network
 
     @property
@@ -104,7 +106,7 @@ class BackendResult:
             "tsm": None if self.tsm is None else {**self.tsm.summary(), "samples_ms": self.tsm.samples_ms},
             "tsn": None if self.tsn is None else {**self.tsn.summary(), "samples_ms": self.tsn.samples_ms},
             "overhead_vs_tsn": self.overhead, "end_to_end": self.end_to_end, "streams": self.streams,
-            "remote": self.remote,
+            "remote": self.remote, "precision": self.precision, "agreement": self.agreement,
         }
 
 
@@ -249,16 +251,20 @@ def _streams(rt: Runtime, frames: np.ndarray, cfg: BenchConfig) -> dict[str, Any
             "per_stream_fps_batched": 1000.0 / b.p50, "speedup": s.p50 / b.p50}
 
 
-def _artifact(bench: BenchModel, target: str, shift: str, cfg: BenchConfig, digest: str) -> Path:
+def _artifact(bench: BenchModel, target: str, shift: str, cfg: BenchConfig, digest: str,
+              precision: str = "fp32") -> Path:
     """The cached artifact of the benchmark model for ``target`` (``shift="none"``: TSN), built if absent."""
-    return cached_artifact(bench.tsm, target, shift, lambda out: export_for_plan(bench.tsm, target, out, shift),
-                           root=cfg.cache_root, model_digest=digest, log=_say,
-                           extra={"tuning": tuning_fingerprint(target)})
+    extra: dict[str, Any] = {"tuning": tuning_fingerprint(target)}
+    if precision != "fp32":
+        extra["precision"] = precision
+    return cached_artifact(bench.tsm, target, shift,
+                           lambda out: export_for_plan(bench.tsm, target, out, shift, precision),
+                           root=cfg.cache_root, model_digest=digest, log=_say, extra=extra)
 
 
 def _run_one(plan: BackendPlan, bench: BenchModel, cfg: BenchConfig, machine_label: str, digest: str,
              remote: RemoteSpec | None, images: list[np.ndarray]) -> BackendResult:
-    result = BackendResult(plan.name, baseline=plan.baseline)
+    result = BackendResult(plan.name, baseline=plan.baseline, precision=plan.precision)
     result.source = remote.source_label() if (plan.remote and remote) else f"measured here on {machine_label}"
     try:
         target = remote.target if (plan.remote and remote) else plan.target
@@ -267,9 +273,13 @@ def _run_one(plan: BackendPlan, bench: BenchModel, cfg: BenchConfig, machine_lab
             if target is None:
                 sources[variant] = model
             else:
-                sources[variant] = _artifact(bench, target, variant, cfg, digest)
+                sources[variant] = _artifact(bench, target, variant, cfg, digest, plan.precision)
         if target is not None:
             result.size_bytes = facts.folder_size_bytes(sources["causal"])
+        if plan.precision == "int8":
+            from online_tsm.export.manifest import load_manifest
+
+            result.agreement = load_manifest(sources["causal"]).model.get("quantization", {}).get("agreement")
         rss0 = facts.current_rss_bytes()
         start = time.perf_counter()
         tsm_rt = open_for_plan(plan, sources["causal"], cfg.threads, remote)
@@ -316,7 +326,7 @@ def model_facts(bench: BenchModel, cfg: BenchConfig, digest: str) -> dict[str, A
 def _profile(bench: BenchModel, cfg: BenchConfig, digest: str, images: list[np.ndarray],
              with_tvm: bool) -> dict[str, Any]:
     """Per-operator profiles of TSM and TSN, and their difference op by op: ONNX Runtime's, and TVM's host build's."""
-    from online_tsm.benchmarks.profile import compare_profiles, profile_onnxruntime, profile_tvm
+    from online_tsm.benchmarks.profile import compare_profiles, profile_onnxruntime, profile_tvm, shift_movement
     from online_tsm.preprocess import preprocess_frame
 
     _say("profiling TSM and TSN with ONNX Runtime's profiler ...")
@@ -327,7 +337,8 @@ def _profile(bench: BenchModel, cfg: BenchConfig, digest: str, images: list[np.n
     frames = np.concatenate([frames] * (n // len(frames) + 1))[:n]
     tsm = profile_onnxruntime(folders["causal"], frames, warmup=cfg.warmup, threads=cfg.threads)
     tsn = profile_onnxruntime(folders["none"], frames, warmup=cfg.warmup, threads=cfg.threads)
-    out = {"tool": tsm["tool"], "frames": tsm["frames"], "tsm": tsm, "tsn": tsn, "by_op": compare_profiles(tsm, tsn)}
+    out = {"tool": tsm["tool"], "frames": tsm["frames"], "tsm": tsm, "tsn": tsn, "by_op": compare_profiles(tsm, tsn),
+           "shift_movement": shift_movement(tsm, tsn)}
     if with_tvm:
         _say("profiling TSM and TSN of the TVM host build (VM instrument) ...")
         try:

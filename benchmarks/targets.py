@@ -15,6 +15,21 @@ OVERHEAD_LIMIT = 0.03
 SPEEDUP_VS_TORCH = 3.0
 TVM_VS_ORT = 1.5
 STREAMS_SPEEDUP = 1.5
+INT8_VS_PLAIN_VNNI = 1.5     # best int8 path against the plain ORT float32 loop, on CPUs with VNNI
+INT8_VS_PLAIN_AVX2 = 1.2     # ... and on AVX2 CPUs without it
+AUTO_SLACK = 0.05
+SHIFT_MOVEMENT_LIMIT = 0.03
+MIN_AGREEMENT = 0.98
+
+
+def has_vnni() -> bool:
+    """True when the CPU multiplies uint8 x int8 natively (AVX-512 VNNI or AVX-VNNI)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return "avx512_vnni" in flags.split() or "avx_vnni" in flags.split()
 
 
 def _check(number: int, text: str, reached: bool | None, measured: str, **extra: Any) -> dict[str, Any]:
@@ -73,4 +88,53 @@ def evaluate_targets(report: "BenchReport") -> list[dict[str, Any]]:
     else:
         out.append(_check(4, f"--streams N total throughput >= {STREAMS_SPEEDUP:g}x N sequential streams", None,
                           "streams not measured"))
+    out += _precision_targets(report, local)
+    return out
+
+
+def _precision_targets(report: "BenchReport", local: list) -> list[dict[str, Any]]:
+    """(a) int8 speed-up over the plain ORT loop, (b) auto near the fastest, (c) shift movement, (d) agreement."""
+    out = []
+    vnni = has_vnni()
+    need = INT8_VS_PLAIN_VNNI if vnni else INT8_VS_PLAIN_AVX2
+    int8 = [r for r in local if getattr(r, "precision", "fp32") == "int8"]
+    plain = report.row("ort-plain")
+    text = (f"best int8 path >= {need:g}x the plain ONNX Runtime float32 loop p50 "
+            f"({'VNNI' if vnni else 'no VNNI'} CPU)")
+    if int8 and plain:
+        best = min(int8, key=lambda r: r.tsm.p50)
+        ratio = plain.tsm.p50 / best.tsm.p50
+        out.append(_check(5, text, ratio >= need, f"{best.backend}: {ratio:.2f}x ort-plain", ratio=ratio))
+    else:
+        out.append(_check(5, text, None, "needs an int8 row and ort-plain in the run"))
+
+    auto, fast = report.row("auto"), [r for r in (report.row("onnxruntime"), report.row("tvm")) if r]
+    text = f"auto p50 within {AUTO_SLACK:.0%} of the faster of onnxruntime and tvm"
+    if auto and fast:
+        best = min(fast, key=lambda r: r.tsm.p50)
+        ratio = auto.tsm.p50 / best.tsm.p50
+        out.append(_check(6, text, ratio <= 1 + AUTO_SLACK, f"auto ({auto.description.split(';')[0]}) / "
+                                                            f"{best.backend} = {ratio:.2f}x", ratio=ratio))
+    else:
+        out.append(_check(6, text, None, "needs auto and onnxruntime or tvm in the run"))
+
+    movement = (report.profile or {}).get("shift_movement")
+    text = (f"shift data movement (Split/Concat/Slice/reorders, TSM - TSN) <= {SHIFT_MOVEMENT_LIMIT:.0%} of the ORT "
+            "frame")
+    if movement:
+        out.append(_check(7, text, movement["share"] <= SHIFT_MOVEMENT_LIMIT,
+                          f"{movement['movement_ms']:.3f} ms = {movement['share']:.1%} of {movement['kernel_ms']:.2f} "
+                          "ms kernel time (op profile)", share=movement["share"]))
+    else:
+        out.append(_check(7, text, None, "needs --profile"))
+
+    agreements = {r.backend: r.agreement for r in int8 if r.agreement}
+    text = f"int8 top-1 agreement with float32 >= {MIN_AGREEMENT:.0%} on held-out clips (frames and last frames)"
+    if agreements:
+        worst = min(min(a["top1_agreement_frames"], a["top1_agreement_last_frame"]) for a in agreements.values())
+        out.append(_check(8, text, worst >= MIN_AGREEMENT, ", ".join(
+            f"{b}: {a['top1_agreement_frames']:.1%} of {a['frames']} frames, {a['top1_agreement_last_frame']:.1%} of "
+            f"{a['clips']} last frames" for b, a in agreements.items())))
+    else:
+        out.append(_check(8, text, None, "needs an int8 row"))
     return out

@@ -22,7 +22,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -208,7 +208,9 @@ def _tool_version(tool: str) -> str:
 def export_artifact(weights_or_model: Any, target: str, out_dir: str | os.PathLike, *, input_size: int | None = None,
                     opset: int | None = None, fold_preprocess: bool = False, tune: int = 0, force: bool = False,
                     shift: str = "causal", progress: bool = True, camera_size: tuple[int, int] = DEFAULT_CAMERA_SIZE,
-                    color_order: str = "bgr", library: str = "auto") -> Path:
+                    color_order: str = "bgr", library: str = "auto", precision: str = "fp32",
+                    calibration: str | None = None, min_agreement: float = 0.98,
+                    drift_frames: int | None = None, ort_shift: str = "slice") -> Path:
     """Export ``weights_or_model`` for ``target`` into ``out_dir``; return the folder.
 
     ``shift="none"`` exports the TSN baseline (same weights, no shift, no
@@ -217,9 +219,21 @@ def export_artifact(weights_or_model: Any, target: str, out_dir: str | os.PathLi
     ``camera_size`` in ``color_order``.  ``library``: ``auto`` (a ``.so`` when
     it can be linked here, else a ``.tar`` of objects), ``so`` (error if it
     cannot be linked) or ``tar``.
+
+    ``precision="int8"`` (targets ``host`` and ``onnx``) writes a QDQ
+    ``model.onnx`` for ONNX Runtime calibrated on ``calibration`` (see
+    :mod:`.calibration`; ``synthetic`` by default for the shipped default
+    model) and stores its agreement with float32 in the manifest; the export
+    fails below ``min_agreement``.  ``ort_shift="conv"`` expresses the shift
+    as 1x1 convolutions in ``model.onnx`` (:mod:`.shift_fold`).
     """
     say = Progress(progress)
     row = get_target(target)
+    from online_tsm.export.precision import check_precision
+
+    calibration = check_precision(precision, row, weights_or_model, calibration, min_agreement)
+    if ort_shift not in ("slice", "conv"):
+        raise UserError(f"ort_shift must be slice or conv, got {ort_shift!r}")
     if library not in ("auto", "so", "tar"):
         raise UserError(f"library must be auto, so or tar, got {library!r}")
     if library == "so" and row.kind != "onnx" and row.cross and row.find_linker() is None:
@@ -236,7 +250,8 @@ def export_artifact(weights_or_model: Any, target: str, out_dir: str | os.PathLi
     try:
         _export(model, row, staging, say, name=_model_name(weights_or_model), shift=shift, opset=opset,
                 fold=fold_preprocess, camera_size=camera_size, color_order=color_order, tune=tune,
-                library=library)
+                library=library, precision=precision, calibration=calibration,
+                min_agreement=min_agreement, drift_frames=drift_frames, ort_shift=ort_shift)
         out = publish_out_dir(staging, out_dir)
     except BaseException:
         discard_out_dir(staging)  # a failed export leaves the previous one (or nothing) where it was
@@ -247,7 +262,8 @@ def export_artifact(weights_or_model: Any, target: str, out_dir: str | os.PathLi
 
 def _export(model: MobileNetV2TSM, row: ExportTarget, out: Path, say: Progress, *, name: str, shift: str,
             opset: int | None, fold: bool, camera_size: tuple[int, int], color_order: str, tune: int,
-            library: str) -> Path:
+            library: str, precision: str = "fp32", calibration: str | None = None, min_agreement: float = 0.98,
+            drift_frames: int | None = None, ort_shift: str = "slice") -> Path:
     graph_model: torch.nn.Module = model
     manifest = build_manifest(model, name=name, shift=shift)
     if fold:
@@ -289,7 +305,9 @@ def _export(model: MobileNetV2TSM, row: ExportTarget, out: Path, say: Progress, 
 
     compiled = None
     notes: list[str] = []
-    if row.kind != "onnx":
+    if row.kind != "onnx" and precision == "int8":
+        notes.append("int8 runs on ONNX Runtime (model.onnx, QDQ); no TVM library is built for int8")
+    elif row.kind != "onnx":
         from online_tsm.export.tvm import compile_library
 
         compiled = compile_library(onnx_path, manifest, row, out, library=library, tune=tune, progress=say)
@@ -307,6 +325,15 @@ def _export(model: MobileNetV2TSM, row: ExportTarget, out: Path, say: Progress, 
                                   f"{tolerance:.3g}")
             say(f"TVM library matches PyTorch: max abs diff {diff:.2e}")
 
+    if ort_shift == "conv":
+        _fold_shift(onnx_path, manifest, frames, reference, tolerance, say)
+    manifest.model["precision"] = precision
+    if precision == "int8":
+        from online_tsm.export.precision import export_int8
+
+        manifest.model["quantization"] = export_int8(model, onnx_path, manifest, frames, reference, say,
+                                                     calibration=str(calibration), min_agreement=min_agreement,
+                                                     drift_frames=drift_frames)
     manifest.target = row.to_manifest(library=compiled.filename if compiled else None)
     if compiled is not None:
         manifest.target.update(tvm_target_resolved=compiled.tvm_target, device_code=compiled.device_code,
@@ -343,6 +370,34 @@ def _graph_key(graph_model: torch.nn.Module, opset: int | None, manifest: Manife
     digest.update(json.dumps([opset, manifest.preprocess, [s.shape for s in manifest.inputs],
                               [s.shape for s in manifest.outputs]], sort_keys=True, default=str).encode())
     return digest.hexdigest()
+
+
+def _fold_shift(onnx_path: Path, manifest: Manifest, frames: np.ndarray, reference: np.ndarray, tolerance: float,
+                say: Progress) -> None:
+    """Rewrite ``model.onnx``'s shift so that ONNX Runtime keeps its blocked layout (:mod:`.shift_fold`), re-checked.
+
+    Done after the TVM build, which compiles the plain graph (TVM slices
+    channels in its own layout at no cost); the rewrite gives the same values
+    bit for bit, and is verified against PyTorch again all the same.
+    """
+    import onnx
+
+    from online_tsm.export.shift_fold import fold_shift_into_convs
+
+    graph, count = fold_shift_into_convs(onnx.load(str(onnx_path)))
+    if not count:
+        return
+    tmp = onnx_path.with_suffix(".folding.onnx")
+    onnx.save(graph, str(tmp))
+    diff = compare(stream_onnxruntime(tmp, manifest, frames), reference)
+    if not diff <= tolerance:
+        tmp.unlink()
+        raise ExportError(f"the shift rewrite for ONNX Runtime changed the logits: max abs diff {diff:.3g} > "
+                          f"tolerance {tolerance:.3g}")
+    os.replace(tmp, onnx_path)
+    manifest.model["shift_graph"] = "1x1 convolutions (no channel slicing; ONNX Runtime keeps its blocked layout)"
+    say(f"shift at {count} points expressed as 1x1 convolutions for ONNX Runtime: max abs diff {diff:.2e} vs "
+        "PyTorch")
 
 
 def _simplify(onnx_path: Path) -> None:

@@ -44,6 +44,15 @@ def _export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true",
                         help="replace an existing folder written by tsm-export (any other folder is refused); the "
                              "old export stays in place until the new one is complete")
+    parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                        help="int8: a QDQ model.onnx for ONNX Runtime (targets host, onnx), calibrated on "
+                             "--calibration and checked against float32 (default fp32)")
+    parser.add_argument("--calibration", metavar="DATA",
+                        help="int8 calibration data: a tsm-train class folder (or its train/ split), a video, a "
+                             "folder of frames, or 'synthetic' (the default for the built-in default model)")
+    parser.add_argument("--min-agreement", type=float, default=0.98, metavar="FRACTION",
+                        help="int8: fail unless top-1 agrees with float32 on this fraction of held-out frames "
+                             "(default 0.98)")
     parser.add_argument("--list-targets", action="store_true", help="print the targets table and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     add_debug_flag(parser)
@@ -95,7 +104,8 @@ def _export_main(args: argparse.Namespace) -> int:
     out = export(args.weights or _default_weights(), args.target, args.output, input_size=args.input_size,
                  opset=args.opset, fold_preprocess=args.fold_preprocess, tune=args.tune, force=args.force,
                  shift=args.shift, progress=not args.quiet, camera_size=camera, color_order=args.camera_order,
-                 library=args.library)
+                 library=args.library, precision=args.precision, calibration=args.calibration,
+                 min_agreement=args.min_agreement)
     print(out)
     return 0
 

@@ -1,5 +1,8 @@
 """What can run here, and ``backend="auto"``: the fastest backend available for a source.
 
+For an export folder the choice is measured once per machine and cached
+(:mod:`online_tsm.runtimes.auto`); this module holds the cheap checks.
+
 Checks are cheap and load nothing heavy: package presence (``find_spec``),
 the manifest's file roles, and the ELF header of a compiled library.  Each
 backend that cannot run gets one line saying why, for the benchmark's and
@@ -16,8 +19,6 @@ from online_tsm.export.manifest import MANIFEST_NAME, ManifestError, load_manife
 from online_tsm.runtimes.base import BackendUnavailable, Runtime
 from online_tsm.runtimes.library import LibraryError, elf_arch, host_arch
 
-# Order of preference for an export folder under backend="auto" (fastest first on a CPU).
-AUTO_ARTIFACT_ORDER = ("tvm", "onnxruntime")
 # What each backend needs: Python modules, and the artifact file role (None: runs a checkpoint).
 NEEDS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "torch": (("torch",), None),
@@ -91,20 +92,37 @@ def _library_problem(library: Path, kind: str) -> str | None:
     return None
 
 
-def resolve_auto(source: Any) -> str:
-    """The backend ``backend="auto"`` picks for ``source``: torch for weights, else tvm if it runs here, else onnxruntime."""
+def resolve_auto(source: Any, *, threads: int | None = None, choose: str | None = None,
+                 remeasure: bool = False) -> str:
+    """The backend ``backend="auto"`` picks for ``source``.
+
+    The rule: ``torch`` for weights (a checkpoint, a name, a model object).  For an
+    export folder, among ``onnxruntime`` and ``tvm``: the one named by ``choose``
+    or ``$ONLINE_TSM_AUTO`` if set; the only one that can run it here if just
+    one can; else the faster, measured on the first open of this artifact on this
+    CPU at this thread count (a few seconds of warm frames, interleaved rounds)
+    and cached under the online-tsm cache folder (``$ONLINE_TSM_CACHE``).
+    """
     if source_kind(source) != "folder":
         return "torch"
-    status = available_backends(source)
-    for name in AUTO_ARTIFACT_ORDER:
-        if status[name] is None:
-            return name
-    reasons = "; ".join(f"{name}: {status[name]}" for name in AUTO_ARTIFACT_ORDER)
-    raise BackendUnavailable(f"no backend can run {source} here ({reasons})")
+    from online_tsm.runtimes.auto import resolve_choice
+
+    choice, runtime = resolve_choice(_folder_of(source), threads=threads, choose=choose, remeasure=remeasure)
+    if runtime is not None:
+        runtime.close()
+    return choice.backend
 
 
-def open_auto(source: Any, **options: Any) -> Runtime:
-    """``open_runtime(source, backend="auto")``: see :func:`resolve_auto`."""
+def open_auto(source: Any, *, threads: int | None = None, choose: str | None = None, remeasure: bool = False,
+              **options: Any) -> Runtime:
+    """``open_runtime(source, backend="auto")``: see :func:`resolve_auto`; ``description`` says what was measured."""
     from online_tsm.runtimes import open_runtime
 
-    return open_runtime(source, backend=resolve_auto(source), **options)
+    if source_kind(source) != "folder":
+        if choose or remeasure:
+            raise BackendUnavailable("choose/remeasure pick among the backends of an export folder; weights run "
+                                     "with backend torch")
+        return open_runtime(source, backend="torch", **({"threads": threads} if threads else {}), **options)
+    from online_tsm.runtimes.auto import open_measured
+
+    return open_measured(_folder_of(source), threads=threads, choose=choose, remeasure=remeasure, **options)

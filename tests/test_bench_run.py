@@ -52,6 +52,21 @@ def test_report_has_every_requested_backend_with_a_status(report_data):
         assert r["status"] == "ok" or r["reason"]
 
 
+@pytest.mark.slow
+def test_int8_row_carries_its_agreement_and_the_precision_targets_are_judged(bench_env):
+    report_data = run_benchmark(small_config(bench_env, backends=["onnxruntime", "onnxruntime-int8", "ort-plain"],
+                                             profile=True, streams=0, end_to_end=False)).to_dict()
+    rows = {r["backend"]: r for r in report_data["rows"]}
+    int8 = rows["onnxruntime-int8"]
+    assert int8["status"] == "ok" and int8["precision"] == "int8" and rows["onnxruntime"]["precision"] == "fp32"
+    assert 0.0 <= int8["agreement"]["top1_agreement_frames"] <= 1.0 and int8["agreement"]["clips"] > 0
+    targets = {t["id"]: t for t in report_data["targets"]}
+    assert targets[5]["reached"] in (True, False) and "ort-plain" in targets[5]["measured"]
+    assert targets[6]["reached"] is None  # auto and tvm were not in this run
+    assert targets[7]["reached"] in (True, False) and "op profile" in targets[7]["measured"]
+    assert targets[8]["reached"] in (True, False)
+
+
 def test_measured_rows_carry_stats_overhead_and_source(report_data):
     machine = report_data["machine"]["cpu"]
     for r in report_data["rows"]:
@@ -94,7 +109,7 @@ def test_reference_and_bound_rows_are_labelled(report_data):
 
 def test_targets_are_evaluated_without_pretending(report_data):
     targets = {t["id"]: t for t in report_data["targets"]}
-    assert set(targets) == {1, 2, 3, 4}
+    assert set(targets) == set(range(1, 9))
     assert targets[3]["reached"] is None or "tvm" in targets[3]["measured"]  # tvm not in this run
     for t in targets.values():
         assert t["reached"] in (True, False, None) and t["measured"]
@@ -126,7 +141,7 @@ def test_json_is_complete_and_round_trips(report_data, tmp_path):
         if row["status"] == "ok":
             assert {"runs", "min_ms", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "fps", "cold_ms",
                     "samples_ms"} <= set(row["tsm"])
-    assert [t["id"] for t in data["targets"]] == [1, 2, 3, 4]
+    assert [t["id"] for t in data["targets"]] == list(range(1, 9))
     assert all(r["source"] == PAPER_LABEL for r in data["reference"])
 
 

@@ -3,7 +3,9 @@
 1. stream a synthetic "swiping left" clip through the online model in PyTorch,
    frame by frame with the shift buffers carried, and print what it predicts;
 2. export it for this machine's CPU (ONNX + a TVM library + manifest);
-3. verify the export numerically against PyTorch;
+3. verify the export numerically against PyTorch, then open it with
+   ``backend="auto"`` (the faster of ONNX Runtime and TVM here, measured once
+   and cached) and say which backend runs it and why;
 4. end with the ``tsm-bench`` report (the paper's setting, beside the paper's figures).
 
 A new user sees in a few minutes that every stage works here, and where the
@@ -100,7 +102,17 @@ def export_and_verify(model: MobileNetV2TSM) -> Path:
     if not result.passed:
         raise UserError(f"the exported artifact {folder} does not reproduce PyTorch (see above)")
     print("PASS")
+    _open_auto(folder)
     return folder
+
+
+def _open_auto(folder: Path) -> None:
+    """Open the artifact as the demo does (``backend="auto"``) and print what was picked and what was measured."""
+    from online_tsm.runtimes import open_runtime
+
+    print("opening it with backend=auto (first time on this machine: a few seconds measuring each backend)")
+    with open_runtime(folder) as runtime:
+        print(f"  {runtime.description}")
 
 
 def _main(args: argparse.Namespace) -> int:
