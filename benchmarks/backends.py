@@ -10,13 +10,14 @@ import hashlib
 import importlib.util
 import ipaddress
 import os
-import platform
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from online_tsm.address import parse_host_port
 from online_tsm.cli_util import UserError
+from online_tsm.elf import host_arch, normalize_arch
 from online_tsm.models import MobileNetV2TSM
 from online_tsm.runtimes import BACKENDS, open_runtime
 from online_tsm.runtimes.base import Runtime
@@ -124,12 +125,11 @@ class RemoteSpec:
 
     @classmethod
     def parse(cls, rpc: str, target: str | None) -> "RemoteSpec":
-        host, sep, port = rpc.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise UserError(f"--rpc expects HOST:PORT (e.g. 192.168.1.20:9090), got {rpc!r}")
+        host, port = parse_host_port(rpc, expected="--rpc expects HOST:PORT (e.g. 192.168.1.20:9090)",
+                                     error=UserError)
         if not target:
             raise UserError("--rpc HOST:PORT needs --target NAME (the device's export target)")
-        return cls(host, int(port), target)
+        return cls(host, port, target)
 
     def source_label(self) -> str:
         return f"measured on the device {self.target} at {self.host}:{self.port} (TVM RPC time_evaluator)"
@@ -155,9 +155,9 @@ class RemoteSpec:
     def refuse_emulation(self, target_arch: str | None = None) -> None:
         """An RPC server on this machine for another CPU architecture is an emulator: refuse to time it."""
         arch = target_arch or _target_arch(self.target)
-        host_arch = platform.machine().lower().replace("amd64", "x86_64").replace("arm64", "aarch64")
-        if arch and arch != host_arch and self.is_this_machine():
-            raise UserError(f"the RPC server at {self.host}:{self.port} runs on this {host_arch} machine but target "
+        here = host_arch()
+        if arch and normalize_arch(arch) != here and self.is_this_machine():
+            raise UserError(f"the RPC server at {self.host}:{self.port} runs on this {here} machine but target "
                             f"{self.target} is {arch}: it can only be an emulator, whose timings are meaningless "
                             "(run the RPC server on the real device)")
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from online_tsm.elf import normalize_arch
+
 # Elementwise ops: one FLOP per output element (ReLU6 is a Clip).
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Clip", "Relu", "Sigmoid", "HardSwish", "HardSigmoid", "Max", "Min"}
 # Pure data movement: no FLOPs (the shift is one of these: Slice + Concat).
@@ -175,7 +177,7 @@ def emulation_evidence(status: str | None = None, cpuinfo: str | None = None,
     if name.startswith("qemu-"):
         return f"the process runs inside {name} (a CPU emulator)"
     vendor = next((v for v in _X86_VENDORS if v in cpuinfo), None)
-    if vendor and machine not in ("x86_64", "amd64", "i386", "i686"):
+    if vendor and normalize_arch(machine) not in ("x86_64", "x86"):
         return f"Python reports {machine} but the CPU is an x86 {vendor} (an emulator translates every instruction)"
     return None
 

@@ -27,7 +27,7 @@ from online_tsm.benchmarks.backends import (BACKEND_PLANS, HOST_TVM_TARGET, ONNX
 from online_tsm.benchmarks.latency import Contestant, LatencyStats, cycle_frames, measure_interleaved, measure_stages
 from online_tsm.benchmarks.models import BenchModel, resolve_bench_model
 from online_tsm.benchmarks.reference import PAPER_ROWS, roofline_rows
-from online_tsm.cli_util import UserError
+from online_tsm.cli_util import UserError, first_line
 from online_tsm.runtimes.base import Runtime
 from online_tsm.runtimes.tvm_backend import default_threads as tvm_default_threads
 from online_tsm.smoothing import PredictionSmoother
@@ -231,8 +231,6 @@ def _streams(rt: Runtime, frames: np.ndarray, cfg: BenchConfig) -> dict[str, Any
     batched = [rt.new_stream() for _ in range(n)]
     sequential = [rt.new_stream() for _ in range(n)]
     next_frame = cycle_frames(frames)
-    # A backend without a batched graph inherits the protocol's fallback, which steps streams in turn.
-    mode = "one after another (no batched graph)" if type(rt)._run_many is Runtime._run_many else "one batch"
 
     def run_batched() -> None:
         rt.step_many(batched, [next_frame() for _ in range(n)])
@@ -246,6 +244,8 @@ def _streams(rt: Runtime, frames: np.ndarray, cfg: BenchConfig) -> dict[str, Any
         stats = measure_interleaved([Contestant("batched", run_batched, n), Contestant("sequential", run_sequential, n)],
                                     samples=samples, warmup=max(2, cfg.warmup // 4), round_size=5, on_sample=tick)
     b, s = stats["batched"], stats["sequential"]
+    # Asked after the runs: ONNX Runtime builds its batch graph on first use and falls back to a loop without one.
+    mode = "one batch" if rt.batches_streams else "one after another (no batched graph)"
     return {"n": n, "status": "ok", "step_many": mode, "batched": b.summary(), "sequential": s.summary(),
             "total_fps_batched": 1000.0 * n / b.p50, "total_fps_sequential": 1000.0 * n / s.p50,
             "per_stream_fps_batched": 1000.0 / b.p50, "speedup": s.p50 / b.p50}
@@ -301,7 +301,7 @@ def _run_one(plan: BackendPlan, bench: BenchModel, cfg: BenchConfig, machine_lab
         raise
     except Exception as exc:  # noqa: BLE001 -- one backend failing must not hide the others
         result.status = "error"
-        result.reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        result.reason = first_line(exc)[:300]
         _say(f"{plan.name}: error: {result.reason}")
     return result
 
@@ -349,7 +349,7 @@ def _profile(bench: BenchModel, cfg: BenchConfig, digest: str, images: list[np.n
             out["tvm"] = {"tool": t_tsm["tool"], "frames": t_tsm["frames"], "tsm": t_tsm, "tsn": t_tsn,
                           "by_op": compare_profiles(t_tsm, t_tsn)}
         except Exception as exc:  # noqa: BLE001 -- a profile must not sink the report
-            _say(f"TVM profile skipped: {(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]}")
+            _say(f"TVM profile skipped: {first_line(exc)[:200]}")
     return out
 
 

@@ -31,7 +31,7 @@ from online_tsm.cli_util import UserError
 from online_tsm.export.folded import DEFAULT_CAMERA_SIZE, FoldedPreprocess
 from online_tsm.export.manifest import MANIFEST_NAME, Manifest, TensorSpec, write_manifest
 from online_tsm.export.onnx import ExportError, build_manifest, export_onnx, stream_onnxruntime, stream_torch
-from online_tsm.export.reference import (REFERENCE_FRAMES, REFERENCE_NAME, compare, frames_for, tolerance_for,
+from online_tsm.export.reference import (REFERENCE_FRAMES, REFERENCE_NAME, compare, frames_for, tolerance_same_machine,
                                          write_reference)
 from online_tsm.export.targets import ExportTarget, get_target
 from online_tsm.models import MobileNetV2TSM
@@ -282,7 +282,7 @@ def _export(model: MobileNetV2TSM, row: ExportTarget, out: Path, say: Progress, 
     if key in _VERIFIED_GRAPHS:
         graph_bytes, reference, diff = _VERIFIED_GRAPHS[key]
         onnx_path.write_bytes(graph_bytes)
-        tolerance = tolerance_for(reference)
+        tolerance = tolerance_same_machine(reference)
         say(f"reusing the ONNX graph verified earlier in this process (max abs diff {diff:.2e} vs PyTorch)")
     else:
         say(f"exporting the per-frame ONNX graph ({len(manifest.buffers)} shift buffers, "
@@ -291,7 +291,7 @@ def _export(model: MobileNetV2TSM, row: ExportTarget, out: Path, say: Progress, 
         say("simplifying with onnxslim and checking the graph")
         _simplify(onnx_path)
         reference = stream_torch(graph_model, frames)
-        tolerance = tolerance_for(reference)
+        tolerance = tolerance_same_machine(reference)
         say(f"verifying ONNX (ONNX Runtime) against PyTorch over {REFERENCE_FRAMES} streamed frames")
         diff = compare(stream_onnxruntime(onnx_path, manifest, frames), reference)
         if not diff <= tolerance:
@@ -419,7 +419,7 @@ def _check_library(path: Path, row: ExportTarget, compiled: Any, say: Progress) 
     from online_tsm.export import elf
 
     machines = set(elf.library_machines(path).values())
-    expected = elf.EM_AARCH64 if row.triple and row.triple.startswith("aarch64") else None
+    expected = row.elf_machine
     if expected is not None and machines != {expected}:
         raise ExportError(f"{path.name} holds {', '.join(elf.machine_name(m) for m in machines)} code, expected "
                           f"{elf.machine_name(expected)} for {row.name}")

@@ -20,6 +20,7 @@ import onnx
 import torch
 
 from online_tsm.checkpoint import model_info
+from online_tsm.cli_util import first_line
 from online_tsm.errors import OnlineTSMError
 from online_tsm.export.manifest import BufferPair, Manifest, TensorSpec
 from online_tsm.models import MobileNetV2TSM
@@ -81,7 +82,7 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, *, opset: int |
             torch.onnx.export(model, example, str(path), input_names=[FRAME_INPUT, *ins],
                               output_names=[LOGITS_OUTPUT, *outs], dynamo=True, external_data=False, **kwargs)
     except Exception as exc:  # noqa: BLE001 -- the exporter raises many types; one line for the user
-        raise ExportError(f"torch.onnx.export failed: {str(exc).strip().splitlines()[0][:300]}") from exc
+        raise ExportError(f"torch.onnx.export failed: {first_line(exc)[:300]}") from exc
     graph = onnx.load(str(path))
     if simplify:
         import onnxslim

@@ -66,7 +66,6 @@ def tolerance_other_machine(reference: np.ndarray) -> float:
 
 
 #: The same-machine rule under its former name, for callers not yet renamed.
-tolerance_for = tolerance_same_machine
 
 
 def compare(actual: np.ndarray, reference: np.ndarray) -> float:

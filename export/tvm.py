@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from online_tsm.cli_util import UserError
+from online_tsm.cli_util import UserError, first_line
 from online_tsm.errors import OnlineTSMError
 from online_tsm.export.manifest import Manifest
 from online_tsm.export.targets import ExportTarget
@@ -236,7 +236,7 @@ def compile_cpu(onnx_path: Path, manifest: Manifest, row: ExportTarget, out_dir:
     try:
         _export(executable, path, row, linker)
     except Exception as exc:  # noqa: BLE001 -- the linker's many failure modes, one message
-        raise CompileError(f"linking {path.name} for {row.name} failed: {str(exc).strip().splitlines()[0]}") from exc
+        raise CompileError(f"linking {path.name} for {row.name} failed: {first_line(exc)}") from exc
     if suffix == ".tar":
         notes.append(_tar_note(row))
     return CompiledLibrary(path.name, target_dict, row.tvm_host, linker if suffix == ".so" else None,
@@ -250,8 +250,8 @@ def _choose_suffix(row: ExportTarget, linker: str | None, library: str) -> str:
         return ".tar"
     if library == "so" and row.cross and linker is None:
         how = (f"set {row.linker_env} to the Android NDK's clang (e.g. .../toolchains/llvm/prebuilt/linux-x86_64/"
-               "bin/aarch64-linux-android24-clang)" if row.linker_env and not row.library_glibc
-               else f"install it (Debian/Ubuntu: apt-get install gcc-aarch64-linux-gnu)")
+               "bin/aarch64-linux-android24-clang)" if row.needs_ndk
+               else "install it (Debian/Ubuntu: apt-get install gcc-aarch64-linux-gnu)")
         raise UserError(f"a .so for {row.name} needs the cross compiler "
                         f"{row.linker or row.linker_env}, which is not available: {how}; "
                         "or drop --library so to get a .tar of objects")
@@ -259,7 +259,7 @@ def _choose_suffix(row: ExportTarget, linker: str | None, library: str) -> str:
 
 
 def _tar_note(row: ExportTarget) -> str:
-    if row.linker_env and not row.library_glibc:
+    if row.needs_ndk:
         return (f"no {row.linker_env} set: shipped model.tar (aarch64 object files); link it with the Android "
                 f"NDK's clang into model.so (see README.txt)")
     return (f"{row.linker} not found: shipped model.tar (aarch64 object files), which links on the device "

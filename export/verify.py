@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from online_tsm.export.manifest import Manifest, ManifestError, load_manifest
-from online_tsm.export.reference import REFERENCE_FRAMES, compare, frames_for, read_reference, tolerance_for
+from online_tsm.export.reference import REFERENCE_FRAMES, compare, frames_for, read_reference, tolerance_same_machine
 
 
 @dataclass
@@ -66,7 +66,7 @@ def _numerical(directory: Path, manifest: Manifest, backend: str) -> VerifyResul
     if manifest.model.get("precision") == "int8" and quantization:
         return _quantized(directory, manifest, actual, reference[:len(frames)], quantization)
     diff = compare(actual, reference[:len(frames)])
-    tolerance = tolerance_for(reference)
+    tolerance = tolerance_same_machine(reference)
     passed = diff <= tolerance
     return VerifyResult(directory, manifest.target.get("name", "?"), f"numerical ({backend})", passed, diff, tolerance,
                         [f"{len(frames)} streamed frames, buffers carried by the manifest names: max abs diff "
@@ -111,13 +111,13 @@ def _role(manifest: Manifest, role: str, directory: Path) -> str:
 
 def _static(directory: Path, manifest: Manifest) -> VerifyResult:
     from online_tsm.export import elf
+    from online_tsm.export.targets import ExportTarget
 
     target = manifest.target
     name = target.get("name", "?")
     library = _role(manifest, "library", directory)
     lines = [f"sha256 of {len(manifest.files)} files: OK"]
-    triple = target.get("triple") or ""
-    expected = elf.EM_AARCH64 if triple.startswith("aarch64") else None
+    expected = ExportTarget.from_manifest(target).elf_machine
     passed = True
     try:
         machines = elf.library_machines(directory / library)
