@@ -316,10 +316,10 @@ def _export(model: MobileNetV2TSM, row: ExportTarget, out: Path, say: Progress, 
             say(f"note: {note}")
         _check_library(out / compiled.filename, row, compiled, say)
         if row.runs_here:
-            from online_tsm.export.verify import run_tvm
+            from online_tsm.export.tvm import stream_tvm
 
             say(f"verifying the TVM library against PyTorch over {REFERENCE_FRAMES} streamed frames")
-            diff = compare(run_tvm(out / compiled.filename, manifest, frames), reference)
+            diff = compare(stream_tvm(out / compiled.filename, manifest, frames), reference)
             if not diff <= tolerance:
                 raise ExportError(f"the TVM build disagrees with PyTorch: max abs diff {diff:.3g} > tolerance "
                                   f"{tolerance:.3g}")

@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from online_tsm.cli_util import UserError, first_line
 from online_tsm.errors import OnlineTSMError
 from online_tsm.export.manifest import Manifest
@@ -313,3 +315,27 @@ def tvm_versions() -> dict[str, str]:
     from tvm.target.codegen import llvm_version_major
 
     return {"tvm": tvm.__version__, "llvm": str(llvm_version_major())}
+
+
+def stream_tvm(library: str | Path, manifest: Manifest, frames: np.ndarray) -> np.ndarray:
+    """Logits of ``frames`` through a freshly built host library, buffers carried by manifest names.
+
+    The exporter's own build check, run before the folder (and its manifest) is complete; everything
+    after export streams through :mod:`online_tsm.runtimes` instead.
+    """
+    import tvm
+    from tvm import relax
+
+    dev = tvm.cpu()
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), dev)
+    state = {b.input: tvm.runtime.tensor(np.zeros(b.shape, np.dtype(b.dtype)), dev) for b in manifest.buffers}
+    out = []
+    for frame in frames:
+        feeds = {manifest.frame_input: tvm.runtime.tensor(np.ascontiguousarray(frame[None]), dev), **state}
+        outputs = vm["main"](*[feeds[s.name] for s in manifest.inputs])
+        if not manifest.buffers and not isinstance(outputs, (tuple, list)) and not hasattr(outputs, "__len__"):
+            outputs = [outputs]
+        by_name = {s.name: outputs[i] for i, s in enumerate(manifest.outputs)}
+        out.append(by_name[manifest.logits_output].numpy()[0])
+        state = {b.input: by_name[b.output] for b in manifest.buffers}
+    return np.stack(out)

@@ -33,35 +33,15 @@ class VerifyResult:
     lines: list[str] = field(default_factory=list)
 
 
-def run_tvm(library: str | Path, manifest: Manifest, frames: np.ndarray) -> np.ndarray:
-    """Logits of ``frames`` through a host TVM library, buffers carried on the device by manifest names."""
-    import tvm
-    from tvm import relax
-
-    dev = tvm.cpu()
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), dev)
-    state = {b.input: tvm.runtime.tensor(np.zeros(b.shape, np.dtype(b.dtype)), dev) for b in manifest.buffers}
-    out = []
-    for frame in frames:
-        feeds = {manifest.frame_input: tvm.runtime.tensor(np.ascontiguousarray(frame[None]), dev), **state}
-        outputs = vm["main"](*[feeds[s.name] for s in manifest.inputs])
-        if not manifest.buffers and not isinstance(outputs, (tuple, list)) and not hasattr(outputs, "__len__"):
-            outputs = [outputs]
-        by_name = {s.name: outputs[i] for i, s in enumerate(manifest.outputs)}
-        out.append(by_name[manifest.logits_output].numpy()[0])
-        state = {b.input: by_name[b.output] for b in manifest.buffers}
-    return np.stack(out)
-
-
 def _numerical(directory: Path, manifest: Manifest, backend: str) -> VerifyResult:
-    from online_tsm.export.onnx import stream_onnxruntime
+    from online_tsm.runtimes import open_runtime
 
     reference = read_reference(directory / (manifest.file_with_role("reference") or "reference.npz"))
     frames = frames_for(manifest, REFERENCE_FRAMES)
-    if backend == "onnxruntime":
-        actual = stream_onnxruntime(directory / _role(manifest, "onnx", directory), manifest, frames)
-    else:
-        actual = run_tvm(directory / _role(manifest, "library", directory), manifest, frames)
+    _role(manifest, "onnx" if backend == "onnxruntime" else "library", directory)  # a clear line when it is absent
+    with open_runtime(directory, backend) as runtime:  # the same streaming loop users run
+        stream = runtime.new_stream()
+        actual = np.stack([stream.step(frame) for frame in frames])
     quantization = manifest.model.get("quantization")
     if manifest.model.get("precision") == "int8" and quantization:
         return _quantized(directory, manifest, actual, reference[:len(frames)], quantization)

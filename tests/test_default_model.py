@@ -14,7 +14,7 @@ from online_tsm.checkpoint import load_model
 from online_tsm.export.api import export_artifact
 from online_tsm.export.manifest import load_manifest
 from online_tsm.export.onnx import deterministic_frames, stream_onnxruntime, stream_torch
-from online_tsm.export.verify import run_tvm
+from online_tsm.export.tvm import stream_tvm
 from online_tsm.preprocess import preprocess_frame
 from online_tsm.synthetic import GESTURES, random_params, render_clip
 from online_tsm.training.dataset import segment_indices
@@ -89,7 +89,7 @@ def test_default_exports_to_onnx_and_tvm_with_parity(model, artifact):
     expected = stream_torch(model, frames)
     assert np.abs(expected).max() > 1.0  # not a comparison of near-zero logits
     onnx = stream_onnxruntime(artifact / manifest.file_with_role("onnx"), manifest, frames)
-    tvm = run_tvm(artifact / manifest.file_with_role("library"), manifest, frames)
+    tvm = stream_tvm(artifact / manifest.file_with_role("library"), manifest, frames)
     assert np.abs(onnx - expected).max() <= PARITY
     assert np.abs(tvm - expected).max() <= PARITY
 

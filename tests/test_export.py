@@ -23,7 +23,7 @@ from online_tsm.export.manifest import ManifestError, load_manifest, write_manif
 from online_tsm.export.onnx import deterministic_frames, stream_onnxruntime, stream_torch
 from online_tsm.export.reference import deterministic_camera_frames, read_reference, write_reference
 from online_tsm.export.targets import TARGETS, get_target
-from online_tsm.export.verify import run_tvm
+from online_tsm.export.tvm import stream_tvm
 from online_tsm.preprocess import preprocess_frame
 
 PARITY = 1e-4  # the bound: max abs diff of logits over 16 streamed frames
@@ -42,7 +42,7 @@ def _stream_manifest_names(folder: Path, runner: str) -> np.ndarray:
     frames = deterministic_frames(16, manifest.input_size)
     if runner == "onnxruntime":
         return stream_onnxruntime(folder / manifest.file_with_role("onnx"), manifest, frames)
-    return run_tvm(folder / manifest.file_with_role("library"), manifest, frames)
+    return stream_tvm(folder / manifest.file_with_role("library"), manifest, frames)
 
 
 # -- done-when: the upstream-format checkpoint, 224x224 -------------------------------------------
