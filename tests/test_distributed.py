@@ -19,6 +19,8 @@ import pytest
 
 from online_tsm.training import cli, distributed
 
+pytestmark = pytest.mark.slow  # several training processes
+
 TRAIN = ["--init", "default", "--segments", "4", "--epochs", "1", "--batch-size", "8", "--lr", "0.0001",
          "--optimizer", "adamw", "--no-augment", "--threads", "1", "--no-progress", "--val-fraction", "0.25"]
 

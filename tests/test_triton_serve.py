@@ -19,6 +19,8 @@ import pytest
 from online_tsm.export.triton import ARTIFACT_DIR, PYTHON_MODEL, export_repository
 from online_tsm.runtimes import RuntimeOpenError, open_runtime
 
+pytestmark = pytest.mark.slow  # starts real Triton servers (10-30 s each)
+
 pytest.importorskip("tritonclient.grpc")
 triton_server = pytest.importorskip("online_tsm.runtimes.triton_server")
 try:
