@@ -23,6 +23,7 @@ int8 and the float32 PyTorch model and says how often they agree.
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -101,6 +102,8 @@ def quantize_int8(fp32_onnx: Path, feeds: list[dict[str, np.ndarray]], out: Path
     with tempfile.TemporaryDirectory() as tmp:
         cwd = os.getcwd()
         os.chdir(tmp)  # quantize_static writes its augmented model next to the working directory
+        advice = _DropAdvice()
+        logging.getLogger().addFilter(advice)
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # ORT prints its percentile settings
                 quantize_static(str(fp32_onnx), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
@@ -109,7 +112,18 @@ def quantize_int8(fp32_onnx: Path, feeds: list[dict[str, np.ndarray]], out: Path
                                 extra_options={"ActivationSymmetric": False, "CalibPercentile": PERCENTILE,
                                                "CalibStridedMinMax": chunk})
         finally:
+            logging.getLogger().removeFilter(advice)
             os.chdir(cwd)
+
+
+class _DropAdvice(logging.Filter):
+    """ORT's quantizer logs "consider pre-processing" advice on the root logger on every call: noise to a user.
+
+    The symbolic shape inference it advises is not needed here (every shape is static in our graphs).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
 
 
 @dataclass
