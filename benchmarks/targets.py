@@ -1,4 +1,4 @@
-"""The four performance targets of the benchmark issue, checked against one run.
+"""The performance targets, each a small check in a list, evaluated against one run.
 
 Each check says what was compared, the measured value and the threshold;
 ``reached`` is ``None`` when the run did not measure what the check needs
