@@ -14,7 +14,8 @@ import inspect
 from typing import Any
 
 from online_tsm.runtimes.availability import available_backends, resolve_auto
-from online_tsm.runtimes.base import BackendUnavailable, FrameError, Runtime, RuntimeOpenError, Stream
+from online_tsm.runtimes.base import (BackendUnavailable, FrameError, Runtime, RuntimeClosedError, RuntimeOpenError,
+                                      Stream)
 
 # backend name -> (module, factory); data, not branches.  "auto" resolves to one of the others.
 BACKENDS: dict[str, tuple[str, str]] = {
@@ -55,4 +56,4 @@ def _check_options(backend: str, factory: Any, options: dict[str, Any]) -> None:
 
 
 __all__ = ["open_runtime", "available_backends", "resolve_auto", "Runtime", "Stream", "FrameError",
-           "RuntimeOpenError", "BackendUnavailable", "BACKENDS"]
+           "RuntimeClosedError", "RuntimeOpenError", "BackendUnavailable", "BACKENDS"]
