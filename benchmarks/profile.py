@@ -19,8 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from online_tsm.export.manifest import load_manifest
-
 # The shift as ORT runs a plain graph: Slice pairs fused into Split, then Concat.
 SHIFT_OPS = ("Slice", "Split", "Concat")
 # Layout conversions ORT inserts around what its blocked (NCHWc) layout cannot hold.
@@ -39,29 +37,22 @@ def _op_class(event: dict[str, Any]) -> str:
 
 
 def profile_onnxruntime(artifact: str | os.PathLike, frames: np.ndarray, *, warmup: int = 5,
-                        threads: int | None = None, onnx_file: str | os.PathLike | None = None) -> dict[str, Any]:
+                        threads: int | None = None) -> dict[str, Any]:
     """Per-op-type milliseconds per frame (median over frames) for ``frames`` ``[T, ...]`` streamed through the graph.
 
-    ``onnx_file`` profiles another graph with the artifact's contract (e.g. its quantized twin).
+    The frames go through the onnxruntime runtime's own stream (the same
+    session and bindings a user's stream gets), with ORT's profiler on.
     """
     import onnxruntime as ort
 
-    folder = Path(artifact)
-    manifest = load_manifest(folder)
-    onnx_file = Path(onnx_file) if onnx_file else folder / (manifest.file_with_role("onnx") or "model.onnx")
-    names = [manifest.logits_output] + [b.output for b in manifest.buffers]
+    from online_tsm.runtimes import open_runtime
+
     with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tmp) / "ort")
-        session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
-        state = {b.input: np.zeros(b.shape, np.dtype(b.dtype)) for b in manifest.buffers}
-        for i in range(warmup + len(frames)):
-            out = session.run(names, {manifest.frame_input: frames[i % len(frames)][None], **state})
-            state = {b.input: r for b, r in zip(manifest.buffers, out[1:])}
-        events = json.loads(Path(session.end_profiling()).read_text())
+        with open_runtime(artifact, "onnxruntime", threads=threads, profile=Path(tmp) / "ort") as runtime:
+            stream = runtime.new_stream()
+            for i in range(warmup + len(frames)):
+                stream.step(frames[i % len(frames)])
+            events = json.loads(runtime.end_profiling().read_text())
     runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
     timed_runs = runs[warmup:]
     # Per frame, per op class; then the median over frames: on a shared machine one preempted frame must not
@@ -150,6 +141,9 @@ def profile_tvm(artifact: str | os.PathLike, frames: np.ndarray, *, warmup: int 
                 threads: int | None = None) -> dict[str, Any]:
     """Per-class milliseconds per frame of a host TVM library, timed around every VM call.
 
+    The frames go through the tvm runtime's own stream; ``run_ms_per_frame``
+    is the whole step (frame copy in, ``main``, logits copy out).
+
     TVM 0.27's Relax VM has no profiler; its instrument hook is called before
     and after each call, so each function is timed on its own (the hook's
     own cost stays outside the figures but inside ``run_ms_per_frame``);
@@ -161,14 +155,9 @@ def profile_tvm(artifact: str | os.PathLike, frames: np.ndarray, *, warmup: int 
     import time
 
     import tvm
-    from tvm import relax
 
-    folder = Path(artifact)
-    manifest = load_manifest(folder)
-    if threads:
-        tvm.get_global_func("runtime.config_threadpool")(1, int(threads))
-    dev = tvm.cpu()
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(folder / manifest.file_with_role("library"))), dev)
+    from online_tsm.runtimes import open_runtime
+
     by_class: dict[str, float] = {}
     timing = {"on": False, "start": 0.0}
 
@@ -183,24 +172,20 @@ def profile_tvm(artifact: str | os.PathLike, frames: np.ndarray, *, warmup: int 
             by_class[kind] = by_class.get(kind, 0.0) + (time.perf_counter() - timing["start"]) * 1e3
         return 0
 
-    vm.set_instrument(instrument)
-    state = [tvm.runtime.tensor(np.zeros(b.shape, np.dtype(b.dtype)), dev) for b in manifest.buffers]
-    names = [s.name for s in manifest.inputs]
     per_frame: list[dict[str, float]] = []
     runs: list[float] = []
-    for i in range(warmup + len(frames)):
-        feeds = {manifest.frame_input: tvm.runtime.tensor(np.ascontiguousarray(frames[i % len(frames)][None]), dev),
-                 **{b.input: t for b, t in zip(manifest.buffers, state)}}
-        timing["on"] = i >= warmup
-        by_class.clear()
-        start = time.perf_counter()
-        out = vm["main"](*[feeds[n] for n in names])
-        if i >= warmup:
-            runs.append((time.perf_counter() - start) * 1e3)
-            per_frame.append(dict(by_class))
-        if manifest.buffers:
-            outputs = {s.name: out[k] for k, s in enumerate(manifest.outputs)}
-            state = [outputs[b.output] for b in manifest.buffers]
+    with open_runtime(artifact, "tvm", threads=threads) as runtime:
+        runtime.set_instrument(instrument)
+        stream = runtime.new_stream()
+        for i in range(warmup + len(frames)):
+            frame = np.ascontiguousarray(frames[i % len(frames)])
+            timing["on"] = i >= warmup
+            by_class.clear()
+            start = time.perf_counter()
+            stream.step(frame)
+            if i >= warmup:
+                runs.append((time.perf_counter() - start) * 1e3)
+                per_frame.append(dict(by_class))
     n = len(per_frame)
     # medians over frames, not means: one frame preempted by another process must not move a class
     classes = {c for frame in per_frame for c in frame}

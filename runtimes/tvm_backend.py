@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -128,6 +128,16 @@ class TvmRuntime(Runtime):
         ms = np.asarray(result.results, dtype=np.float64) * 1e3
         return DeviceTiming(float(ms.mean()), float(np.median(ms)), float(ms.min()), float(ms.max()),
                             float(ms.std()), n, repeat)
+
+    def set_instrument(self, hook: Callable[..., int] | None) -> None:
+        """Call ``hook(func, symbol, before, ret, *args)`` before and after every function the VM calls.
+
+        TVM 0.27's Relax VM has no profiler; this hook is how per-function time
+        is measured (:func:`online_tsm.benchmarks.profile.profile_tvm`).  The
+        hook returns 0 to go on; ``None`` removes it.  Local VM only.
+        """
+        self._check_open()
+        self._vm.set_instrument(hook if hook is not None else (lambda *_: 0))
 
     # -- hooks ------------------------------------------------------------------------------
     def _zero_state(self) -> list[Any]:
