@@ -134,6 +134,11 @@ class TvmRpcRuntime(TvmRuntime):
             self.remote.get_function("runtime.config_threadpool")(1, int(threads))
         return device, f"{kind} ({arch}) device at {host}:{port}"
 
+    def set_instrument(self, hook: Callable[..., int] | None) -> None:
+        """Not over RPC: a Python hook cannot run inside the device's VM; use :meth:`remote_time` there."""
+        raise RuntimeOpenError("set_instrument needs a local VM (backend tvm); over tvm-rpc use "
+                               "runtime.remote_time() for the device's own timing")
+
     def _invoke(self, args: list[Any]) -> Any:
         # A direct call returns the output tuple as one opaque remote object; the stateful API
         # returns a tuple of remote tensors.
