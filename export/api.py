@@ -170,8 +170,8 @@ def _fold_manifest(manifest: Manifest, wrapper: FoldedPreprocess) -> None:
     manifest.inputs[0] = TensorSpec(manifest.frame_input, [1, h, w, 3], "uint8")
     manifest.preprocess.update(folded=True, layout="NHWC", color_order=wrapper.color_order,
                                camera_size=[h, w], raw_input_shape=[1, h, w, 3], raw_input_dtype="uint8",
-                               resize=f"shorter side to {manifest.preprocess['resize_shorter']} (bilinear, "
-                                      "rounded to integer levels), centre crop, mean/std, inside the graph")
+                               resize=f"shorter side to {manifest.preprocess['resize_shorter']} (bilinear, in "
+                                      "float), centre crop, mean/std, inside the graph")
 
 
 def _compiler_versions(row: ExportTarget, library: Any) -> dict[str, Any]:
