@@ -16,6 +16,7 @@ takes to run it outside PyTriton's own API is done here once:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -244,6 +245,10 @@ class TritonServer:
                     self.process.kill()
                     self.process.wait()
             code = self.process.returncode
+            # The python backend's stub processes share the server's process group (start_new_session) and outlive
+            # a server that was killed: end whatever is left of the group, so no model process lingers.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -6,6 +6,7 @@ join deadline, so a hang fails the test instead of blocking it.
 """
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -208,6 +209,15 @@ def test_killed_server_gives_a_clear_error_not_a_hang(repo, local):
         rt.close()  # best effort: must not raise or hang with the server gone
     finally:
         server.stop()
+    # The killed server's model processes (python backend stubs) are gone too, not left running.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.killpg(server.process.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "processes of the killed server's group are still running"
+        time.sleep(0.2)
 
 
 def test_folder_without_models_is_one_line(tmp_path, capsys):
