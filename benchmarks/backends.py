@@ -98,22 +98,22 @@ def tuning_fingerprint(target: str) -> str | None:
     """Digest of the MetaSchedule records a TVM build of ``target`` would use (``None``: none apply).
 
     Part of the artifact cache key, so that tuning later (``tsm-export --tune``)
-    or a newer shipped record set leads to a fresh build instead of a stale one.
+    leads to a fresh build instead of a stale one.
     """
     from online_tsm.export.targets import get_target
 
     row = get_target(target)
     if row.kind == "onnx":
         return None
-    from online_tsm.export.tvm import resolve_tvm_target, tuning_dirs
+    from online_tsm.export.tvm import resolve_tvm_target, tuning_dir
 
     digest = hashlib.sha256()
     found = False
-    for folder in tuning_dirs(row, resolve_tvm_target(row)):
-        for file in sorted(Path(folder).glob("*.json")) if Path(folder).is_dir() else []:
-            digest.update(file.name.encode())
-            digest.update(file.read_bytes())
-            found = True
+    folder = tuning_dir(row, resolve_tvm_target(row))
+    for file in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+        found = True
     return digest.hexdigest()[:16] if found else None
 
 

@@ -48,7 +48,6 @@ from online_tsm.export.manifest import Manifest
 from online_tsm.export.targets import ExportTarget
 
 Progress = Callable[[str], None]
-SHIPPED_TUNING = Path(__file__).with_name("tuning")
 
 
 class CompileError(OnlineTSMError, RuntimeError):
@@ -151,24 +150,20 @@ def cpu_graph_rewrites(mod, target):  # noqa: ANN001, ANN201 -- TVM objects
     return pack_pointwise_weights(to_channels_last(mod), vector_lanes(target))
 
 
-def tuning_dirs(row: ExportTarget, target_dict: dict[str, Any]) -> tuple[Path, Path]:
-    """(user cache, shipped) MetaSchedule record folders for this target and CPU model."""
+def tuning_dir(row: ExportTarget, target_dict: dict[str, Any]) -> Path:
+    """The MetaSchedule record folder for this target and CPU model (in the user's cache; none ship)."""
     from online_tsm.weights import cache_dir
 
-    key = f"{row.name}-{target_dict.get('mcpu', 'generic')}"
-    return cache_dir() / "tuning" / key, SHIPPED_TUNING / key
+    return cache_dir() / "tuning" / f"{row.name}-{target_dict.get('mcpu', 'generic')}"
 
 
 def _open_database(row: ExportTarget, target_dict: dict[str, Any]):  # noqa: ANN202
     from tvm.s_tir import meta_schedule as ms
 
-    cache, shipped = tuning_dirs(row, target_dict)
-    databases = [ms.database.JSONDatabase(work_dir=str(d), allow_missing=False)
-                 for d in (cache, shipped) if (d / "database_tuning_record.json").is_file()]
-    if not databases:
+    folder = tuning_dir(row, target_dict)
+    if not (folder / "database_tuning_record.json").is_file():
         return None, []
-    used = [str(d) for d in (cache, shipped) if (d / "database_tuning_record.json").is_file()]
-    return (databases[0] if len(databases) == 1 else ms.database.UnionDatabase(*databases)), used
+    return ms.database.JSONDatabase(work_dir=str(folder), allow_missing=False), [str(folder)]
 
 
 def tune_cpu(mod, row: ExportTarget, target, trials_per_task: int, progress: Progress) -> Path:  # noqa: ANN001
@@ -180,7 +175,7 @@ def tune_cpu(mod, row: ExportTarget, target, trials_per_task: int, progress: Pro
     if row.cross:
         raise UserError(f"--tune measures candidates on this machine, so it only works for the host target "
                         f"(not {row.name}); tune on the device itself or use the default schedules")
-    cache, _ = tuning_dirs(row, resolve_tvm_target(row))
+    cache = tuning_dir(row, resolve_tvm_target(row))
     cache.mkdir(parents=True, exist_ok=True)
     with target:
         fused = tvm.transform.Sequential(cpu.library_dispatch_passes(target) + cpu.legalize_passes(target))(
