@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from online_tsm.fileio import atomic_write
 from online_tsm.runtimes.base import BackendUnavailable, Runtime, RuntimeOpenError
 
 ENV_CHOICE = "ONLINE_TSM_AUTO"
@@ -123,16 +123,8 @@ def read_cached(path: Path, candidates: list[str]) -> AutoChoice | None:
 
 
 def write_cached(path: Path, choice: AutoChoice) -> None:
-    """Write atomically (temp file + rename): two processes opening the same artifact never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(asdict(choice), fh, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Written atomically: two processes opening the same artifact never see half a file."""
+    atomic_write(path, json.dumps(asdict(choice), indent=2))
 
 
 # -- the measurement -------------------------------------------------------------------------------------
