@@ -15,6 +15,8 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
+from online_tsm.interleave import SETTLE_FRAMES, turn_order
+
 Clock = Callable[[], float]
 
 
@@ -86,13 +88,16 @@ class Contestant:
 
 def measure_interleaved(contestants: Iterable[Contestant], *, samples: int, warmup: int, round_size: int = 10,
                         measure_cold: bool = True, clock: Clock = time.perf_counter,
-                        on_sample: Callable[[], None] | None = None) -> dict[str, LatencyStats]:
+                        on_sample: Callable[[], None] | None = None,
+                        settle: int = SETTLE_FRAMES) -> dict[str, LatencyStats]:
     """Time every contestant ``samples`` times, in interleaved rounds of ``round_size``.
 
     Order per contestant: one cold call (timed apart, if ``measure_cold``),
-    ``warmup`` untimed calls, then the timed calls.  Rounds alternate the
-    contestants' order (A B, B A, ...) so that neither always runs right after
-    the other.  ``on_sample`` is called after each timed sample (progress bars).
+    ``warmup`` untimed calls, then the timed calls.  Rounds rotate the
+    contestants' order (A B C, B C A, ...) and every turn starts with
+    ``settle`` untimed calls, so that no contestant pays for the hand-over
+    more than another (see :mod:`online_tsm.interleave`).  ``on_sample`` is
+    called after each timed sample (progress bars).
     """
     players = list(contestants)
     if samples <= 0:
@@ -109,8 +114,9 @@ def measure_interleaved(contestants: Iterable[Contestant], *, samples: int, warm
     turn = 0
     while done < samples:
         n = min(round_size, samples - done)
-        order = players if turn % 2 == 0 else players[::-1]
-        for p in order:
+        for p in turn_order(players, turn):
+            for _ in range(settle if len(players) > 1 else 0):
+                p.call()
             for _ in range(n):
                 p.stats.samples_ms.append(time_call(p.call, clock))
                 if on_sample:

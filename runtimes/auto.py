@@ -29,6 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from online_tsm.fileio import atomic_write
+from online_tsm.interleave import SETTLE_FRAMES, turn_order
 from online_tsm.runtimes.base import BackendUnavailable, Runtime, RuntimeOpenError
 
 ENV_CHOICE = "ONLINE_TSM_AUTO"
@@ -139,10 +140,12 @@ def probe_frame(runtime: Runtime, seed: int = 0) -> np.ndarray:
 
 def measure_backends(runtimes: dict[str, Runtime], *, budget_s: float = BUDGET_S, clock: Clock = time.perf_counter,
                      warmup: int = WARMUP_FRAMES, round_frames: int = ROUND_FRAMES, min_rounds: int = MIN_ROUNDS,
-                     max_rounds: int = MAX_ROUNDS) -> tuple[dict[str, float], dict[str, int]]:
+                     max_rounds: int = MAX_ROUNDS, settle: int = SETTLE_FRAMES
+                     ) -> tuple[dict[str, float], dict[str, int]]:
     """Median ms/frame of a warm stream per runtime, timed in interleaved rounds within ``budget_s``.
 
-    Rounds alternate the order (A B, B A, ...).  At least ``min_rounds`` rounds
+    Rounds rotate the order and each turn starts with ``settle`` untimed
+    frames (see :mod:`online_tsm.interleave`).  At least ``min_rounds`` rounds
     run (so a slow backend is still measured a few times), then rounds go on
     until the budget or ``max_rounds`` is spent.  Returns (ms, frames timed).
     """
@@ -156,8 +159,10 @@ def measure_backends(runtimes: dict[str, Runtime], *, budget_s: float = BUDGET_S
     for turn in range(max_rounds):
         if turn >= min_rounds and clock() - start >= budget_s:
             break
-        for name in (names if turn % 2 == 0 else names[::-1]):
+        for name in turn_order(names, turn):
             stream, frame = streams[name]
+            for _ in range(settle):
+                stream.step(frame)
             for _ in range(round_frames):
                 t0 = clock()
                 stream.step(frame)

@@ -82,7 +82,7 @@ def test_measurement_interleaves_and_reports_each_backends_median():
     assert ms == pytest.approx({"onnxruntime": 6.5, "tvm": 11.9})
     # the budget (0.2 s of fake time) stops it after the minimum rounds: 3 rounds x 4 frames each
     assert frames == {"onnxruntime": 12, "tvm": 12}
-    assert runtimes["tvm"].steps == 2 + 12
+    assert runtimes["tvm"].steps == 2 + 3 * (3 + 4)  # warm-up, then per round 3 settling + 4 timed frames
 
 
 def test_first_open_measures_keeps_the_fastest_and_caches(small_artifact, cache):

@@ -55,11 +55,23 @@ def test_interleaved_rounds_alternate_and_count():
     b = Contestant("tsn", lambda: calls.append("b"))
     ticks = []
     stats = measure_interleaved([a, b], samples=7, warmup=2, round_size=3, clock=FakeClock(),
-                                on_sample=lambda: ticks.append(1))
-    # cold + warm-up per contestant first, then rounds A B, B A, A B (last round short).
-    assert "".join(calls) == "a" * 3 + "b" * 3 + "aaabbb" + "bbbaaa" + "ab"
+                                on_sample=lambda: ticks.append(1), settle=1)
+    # cold + warm-up per contestant first, then rounds A B, B A, A B (last round short), each turn
+    # opening with one untimed settling call.
+    assert "".join(calls) == "a" * 3 + "b" * 3 + "aaaabbbb" + "bbbbaaaa" + "aabb"
     assert stats["tsm"].runs == stats["tsn"].runs == 7 and len(ticks) == 14
     assert stats["tsm"].cold_ms == pytest.approx(2.0) and all(t == pytest.approx(2.0) for t in stats["tsm"].samples_ms)
+
+
+def test_interleaved_rounds_rotate_so_no_contestant_always_follows_another():
+    calls: list[str] = []
+    players = [Contestant(name, lambda n=name: calls.append(n)) for name in "abc"]
+    stats = measure_interleaved(players, samples=6, warmup=0, round_size=2, measure_cold=False,
+                                clock=FakeClock(), settle=2)
+    # A B C, B C A, C A B: every contestant is handed over to in every turn, and follows each of the
+    # others once; the first two calls of each turn are not timed.
+    assert "".join(calls) == "aaaabbbbcccc" + "bbbbccccaaaa" + "ccccaaaabbbb"
+    assert all(stats[n].runs == 6 for n in "abc")
 
 
 def test_interleaved_rejects_bad_counts():
