@@ -250,7 +250,12 @@ class TvmEngine:
             raise RunError("device", "no CUDA GPU visible to TVM (is this TVM built with -DUSE_CUDA=ON, and does "
                                      "the driver work?); --device cpu cannot run CUDA kernels either")
         if device == "cpu" and threads:
+            # TVM's thread binding also pins this (calling) thread to core 0; keep the caller's cores.
+            os.environ.setdefault("TVM_BIND_THREADS", "0")
+            saved = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
             tvm.get_global_func("runtime.config_threadpool")(1, int(threads))
+            if saved is not None and os.sched_getaffinity(0) != saved:
+                os.sched_setaffinity(0, saved)
         try:
             self.vm = tvm.relax.VirtualMachine(tvm.runtime.load_module(library), self.device)
         except Exception as exc:  # noqa: BLE001 -- dlopen and VM errors come in many types

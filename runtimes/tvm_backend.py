@@ -28,6 +28,23 @@ from online_tsm.runtimes.library import check_runs_here
 ENTRY = "main"
 
 
+def config_threadpool_keeping_affinity(tvm: Any, threads: int) -> None:
+    """Size TVM's CPU thread pool without pinning the calling thread.
+
+    TVM binds its workers to cores and, in doing so, also pins the *calling*
+    thread to core 0.  That thread is the user's: ONNX Runtime sessions,
+    torch and the demo opened afterwards would all run on one core (seen as
+    ORT at 2x its time in the same process, and ``auto`` choosing wrongly).
+    Binding is off unless the user asked for it (``TVM_BIND_THREADS``), and
+    the caller's affinity is put back either way.
+    """
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
+    saved = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    tvm.get_global_func("runtime.config_threadpool")(1, threads)
+    if saved is not None and os.sched_getaffinity(0) != saved:
+        os.sched_setaffinity(0, saved)
+
+
 @dataclass(frozen=True)
 class DeviceTiming:
     """Per-frame model time measured on the device by TVM's ``time_evaluator`` (milliseconds)."""
@@ -98,7 +115,7 @@ class TvmRuntime(Runtime):
             raise BackendUnavailable(f"{self._library.name} is compiled for CUDA but this machine has no CUDA GPU "
                                      "(or TVM was built without CUDA)")
         if kind != "cuda":
-            tvm.get_global_func("runtime.config_threadpool")(1, int(threads or default_threads()))
+            config_threadpool_keeping_affinity(tvm, int(threads or default_threads()))
         try:
             lib = tvm.runtime.load_module(str(self._library))
             self._vm = tvm.relax.VirtualMachine(lib, device)

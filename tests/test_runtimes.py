@@ -1,6 +1,8 @@
 """Streaming runtimes agree: torch, onnxruntime and tvm over streamed frames, reset, interleaving, step_many."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -137,6 +139,17 @@ def test_tvm_device_time_is_measured_without_touching_streams(small_artifact, fr
         assert np.array_equal(second, alone.step(frames[1]))
         assert first.shape == (10,)
 
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs a Linux process allowed on at least two cores")
+def test_opening_tvm_leaves_the_callers_cores_alone(small_artifact, frames, monkeypatch):
+    """TVM's thread binding used to pin the calling thread to one core, halving every runtime opened after it."""
+    monkeypatch.delenv("TVM_BIND_THREADS", raising=False)
+    cores = os.sched_getaffinity(0)
+    with open_runtime(small_artifact, "tvm", threads=2) as rt:
+        rt.new_stream().step(frames[0])
+        assert os.sched_getaffinity(0) == cores
 
 # -- auto and availability --------------------------------------------------------------------------
 def test_auto_picks_a_measured_backend_for_a_host_library_and_torch_for_weights(small_artifact, model_small,
