@@ -57,4 +57,5 @@ def fp16_agreement(logits: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
 
 
 def passes(check: dict[str, Any]) -> bool:
+    """The export's gate: close to float32 and no frame changes its top-1 class."""
     return check["relative_max_diff"] <= FP16_TOLERANCE and check["top1_agreement"] >= FP16_MIN_TOP1
