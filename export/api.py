@@ -310,7 +310,8 @@ def _export(model: MobileNetV2TSM, row: ExportTarget, out: Path, say: Progress, 
     elif row.kind != "onnx":
         from online_tsm.export.tvm import compile_library
 
-        compiled = compile_library(onnx_path, manifest, row, out, library=library, tune=tune, progress=say)
+        compiled = compile_library(onnx_path, manifest, row, out, library=library, tune=tune, progress=say,
+                                   precision=precision)
         notes += compiled.notes
         for note in compiled.notes:
             say(f"note: {note}")
@@ -328,6 +329,10 @@ def _export(model: MobileNetV2TSM, row: ExportTarget, out: Path, say: Progress, 
     if ort_shift == "conv":
         _fold_shift(onnx_path, manifest, frames, reference, tolerance, say)
     manifest.model["precision"] = precision
+    if precision == "fp16":
+        from online_tsm.export.precision import check_fp16
+
+        manifest.model["fp16_check"] = check_fp16(onnx_path, manifest, frames, reference, say)
     if precision == "int8":
         from online_tsm.export.precision import export_int8
 

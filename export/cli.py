@@ -44,9 +44,10 @@ def _export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true",
                         help="replace an existing folder written by tsm-export (any other folder is refused); the "
                              "old export stays in place until the new one is complete")
-    parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+    parser.add_argument("--precision", choices=("fp32", "int8", "fp16"), default="fp32",
                         help="int8: a QDQ model.onnx for ONNX Runtime (targets host, onnx), calibrated on "
-                             "--calibration and checked against float32 (default fp32)")
+                             "--calibration and checked against float32; fp16: float16 GPU kernels with float32 "
+                             "accumulation (jetson-nano), checked on this CPU (default fp32)")
     parser.add_argument("--calibration", metavar="DATA",
                         help="int8 calibration data: a tsm-train class folder (or its train/ split), a video, a "
                              "folder of frames, or 'synthetic' (the default for the built-in default model)")

@@ -99,6 +99,10 @@ def build(request: dict) -> dict:
                                f"target {arch}, and without a compiler TVM would keep the kernels as source)")
     target = tvm.target.Target(request["target"], host=request["host"])
     mod = relax_from_onnx(request["onnx"], {k: (v[0], v[1]) for k, v in request["inputs"].items()})
+    if request.get("precision") == "fp16":
+        from online_tsm.export.mixed_precision import to_mixed_precision
+
+        mod = to_mixed_precision(mod)
     with target:  # TVM's compile hook reads the current target
         executable = tvm.compile(mod, target)
     output = Path(request["output"])
@@ -115,7 +119,7 @@ def build(request: dict) -> dict:
                            "the library would not run on a GPU")
     kernels = elf.cubin_kernel_names(output, cubins[0])
     return {"notes": notes,
-            "device_code": {"format": "cubin", "arch": arch, "compiler": f"NVRTC {nvrtc.nvrtc_version()}",
+            "device_code": {"format": "cubin", "arch": arch, "precision": request.get("precision", "fp32"), "compiler": f"NVRTC {nvrtc.nvrtc_version()}",
                             "kernels": len(kernels), "cubin_bytes": cubins[0].size,
                             "schedules": "dlight default GPU rules (Matmul, GEMV, Reduction, "
                                          "GeneralReduction, Fallback); no tuning"}}

@@ -8,6 +8,9 @@ It is called through ctypes, so neither a CUDA toolkit nor ``cuda-python`` is
 needed.  The two libcu++ headers TVM's kernels include under NVRTC are
 supplied here in minimal form (fixed-width integers and a few type traits),
 because NVRTC 12 does not bundle them and a CUDA 13 copy does not fit it.
+fp16 kernels include ``cuda_fp16.h``, which ships with the CUDA 12 runtime
+headers (``pip install nvidia-cuda-runtime-cu12``); its folder is passed to
+NVRTC when the kernels need it.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from online_tsm.errors import OnlineTSMError
 
 NVRTC_ENV = "ONLINE_TSM_NVRTC"  # path of a libnvrtc.so.12 to use instead of the pip package's
 NVRTC_PACKAGE = "nvidia-cuda-nvrtc-cu12"
+HEADERS_PACKAGE = "nvidia-cuda-runtime-cu12"   # cuda_fp16.h, for fp16 kernels
 
 _CSTDINT = """#pragma once
 namespace cuda { namespace std {
@@ -70,6 +74,27 @@ def find_nvrtc() -> Path | None:
     return None
 
 
+def cuda_include_dir() -> Path | None:
+    """The folder holding the CUDA 12 ``cuda_fp16.h`` (from the runtime package), or None."""
+    try:
+        import nvidia.cuda_runtime as package  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    for root in getattr(package, "__path__", []):
+        if (Path(root) / "include" / "cuda_fp16.h").is_file():
+            return Path(root) / "include"
+    return None
+
+
+def _include_options(source: str) -> list[bytes]:
+    if "cuda_fp16.h" not in source:
+        return []
+    folder = cuda_include_dir()
+    if folder is None:
+        raise NvrtcError(f"fp16 kernels need cuda_fp16.h: pip install {HEADERS_PACKAGE}")
+    return [f"--include-path={folder}".encode()]
+
+
 def _library() -> ctypes.CDLL:
     path = find_nvrtc()
     if path is None:
@@ -109,7 +134,8 @@ def compile_cuda(source: str, arch: str, *, output: str = "cubin") -> bytes:
                                        c_bodies, c_names), "program creation")
     try:
         gpu = arch if output == "cubin" else arch.replace("sm_", "compute_")
-        options = [f"--gpu-architecture={gpu}".encode(), b"-default-device", b"--use_fast_math", b"-w"]
+        options = [f"--gpu-architecture={gpu}".encode(), b"-default-device", b"--use_fast_math", b"-w",
+                   *_include_options(source)]
         c_options = (ctypes.c_char_p * len(options))(*options)
         result = lib.nvrtcCompileProgram(program, len(options), c_options)
         size = ctypes.c_size_t()

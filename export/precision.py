@@ -1,7 +1,8 @@
 """``tsm-export --precision``: which precisions go with which targets, and the int8 export step.
 
 ``fp32`` is the default everywhere.  ``int8`` is an ONNX Runtime model
-(targets ``host`` and ``onnx``): see :mod:`.quantize`.  The step here
+(targets ``host`` and ``onnx``): see :mod:`.quantize`.  ``fp16`` is for the
+GPU targets (``jetson-nano``): see :mod:`.mixed_precision`.  The step here
 builds it from the verified float32 ``model.onnx``, measures its agreement
 with the float32 PyTorch model on held-out clips, refuses it below
 ``--min-agreement``, and returns what the manifest stores.
@@ -23,7 +24,7 @@ from online_tsm.export.quantize import (ACTIVATIONS, DRIFT_FRAMES, PERCENTILE, W
                                         quantize_int8, record_feeds, verification_check)
 from online_tsm.export.targets import ExportTarget
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "fp16")
 HELD_OUT_CLIPS = 64   # one disagreeing clip moves the last-frame agreement by 1.6 %
 
 
@@ -48,6 +49,13 @@ def check_precision(precision: str, row: ExportTarget, weights_or_model: Any, ca
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if not 0.0 <= min_agreement <= 1.0:
         raise UserError(f"--min-agreement must be a fraction between 0 and 1, got {min_agreement}")
+    if precision == "fp16":
+        if row.kind == "onnx":
+            raise UserError("--precision fp16 is a build option of TensorRT, not of the ONNX file: export fp32 and "
+                            "build with trtexec --fp16 (or the tensorrt backend's fp16=True)")
+        if row.kind != "cuda":
+            raise UserError(f"--precision fp16 is for GPU targets (jetson-nano); {row.name} runs on a CPU, use fp32 "
+                            "or int8")
     if precision != "int8":
         if calibration is not None:
             raise UserError("--calibration is for --precision int8")
@@ -122,3 +130,18 @@ def export_int8(model: Any, onnx_path: Path, manifest: Manifest, frames: np.ndar
             "calibration": {"data": data.description, "clips": len(data.calibration), "frames": n_cal,
                             "every": every},
             "min_agreement": min_agreement, "agreement": agreement.to_dict(), "verification": check}
+
+
+def check_fp16(onnx_path: Path, manifest: Manifest, frames: np.ndarray, reference: np.ndarray,
+               say: Callable[[str], None]) -> dict[str, Any]:
+    """The fp16 GPU library's numerics, checked on this CPU; returns the manifest's ``fp16_check`` entry."""
+    from online_tsm.export.mixed_precision import FP16_TOLERANCE, fp16_agreement, passes, stream_fp16_llvm
+
+    say(f"checking fp16 numerics: the same mixed-precision module built for this CPU, {len(frames)} streamed frames")
+    check = fp16_agreement(stream_fp16_llvm(onnx_path, manifest, frames), reference)
+    say(f"fp16 vs float32 PyTorch: max |logit diff| {check['max_abs_diff']:.3f} "
+        f"({check['relative_max_diff']:.1%} of max |logit|), top-1 agreement {check['top1_agreement']:.0%}")
+    if not passes(check):
+        raise ExportError(f"the fp16 model drifts from float32: {check['relative_max_diff']:.1%} of max |logit| "
+                          f"(tolerance {FP16_TOLERANCE:.0%}), top-1 agreement {check['top1_agreement']:.0%}")
+    return check

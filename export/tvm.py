@@ -266,7 +266,7 @@ def _tar_note(row: ExportTarget) -> str:
 # -- CUDA ----------------------------------------------------------------------------------
 
 def compile_cuda(onnx_path: Path, manifest: Manifest, row: ExportTarget, out_dir: Path, *, library: str = "auto",
-                 tune: int = 0, progress: Progress = _quiet) -> CompiledLibrary:
+                 tune: int = 0, progress: Progress = _quiet, precision: str = "fp32") -> CompiledLibrary:
     """Build a CUDA target in a worker process (see :mod:`online_tsm.export.cuda_build`)."""
     if tune:
         raise UserError(f"--tune is not available for {row.name}: GPU kernels use dlight's default GPU "
@@ -277,7 +277,7 @@ def compile_cuda(onnx_path: Path, manifest: Manifest, row: ExportTarget, out_dir
     report = out_dir / ".cuda-build.json"
     request = {"onnx": str(onnx_path), "inputs": input_specs(manifest), "output": str(path),
                "target": resolve_tvm_target(row), "host": row.tvm_host, "linker": linker if suffix == ".so" else None,
-               "report": str(report)}
+               "report": str(report), "precision": precision}
     progress(f"compiling CUDA kernels for {row.name} ({row.tvm_target.get('arch')}) in a worker process")
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "online_tsm.export.cuda_build", json.dumps(request)],
@@ -296,11 +296,15 @@ def compile_cuda(onnx_path: Path, manifest: Manifest, row: ExportTarget, out_dir
 
 
 def compile_library(onnx_path: Path, manifest: Manifest, row: ExportTarget, out_dir: Path, *,
-                    library: str = "auto", tune: int = 0, progress: Progress = _quiet) -> CompiledLibrary:
-    """Compile the artifact's ``model.onnx`` for ``row`` into ``out_dir``."""
+                    library: str = "auto", tune: int = 0, progress: Progress = _quiet,
+                    precision: str = "fp32") -> CompiledLibrary:
+    """Compile the artifact's ``model.onnx`` for ``row`` into ``out_dir`` (``precision="fp16"``: CUDA only)."""
     builders = {"cpu": compile_cpu, "cuda": compile_cuda}
     if row.kind not in builders:
         raise ValueError(f"target {row.name} (kind {row.kind}) has no compiled library")
+    if precision == "fp16":
+        return compile_cuda(onnx_path, manifest, row, out_dir, library=library, tune=tune, progress=progress,
+                            precision=precision)
     return builders[row.kind](onnx_path, manifest, row, out_dir, library=library, tune=tune, progress=progress)
 
 

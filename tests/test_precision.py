@@ -115,7 +115,12 @@ def test_min_agreement_refuses_the_export(small_weights, class_folder, tmp_path,
     (dict(target="raspberry-pi-4", precision="int8", calibration="synthetic"),
      "--precision int8 builds an ONNX Runtime model for this machine: use --target host or --target onnx (not "
      "raspberry-pi-4)"),
-    (dict(target="host", precision="int4"), "--precision must be one of fp32, int8, got 'int4'"),
+    (dict(target="host", precision="int4"), "--precision must be one of fp32, int8, fp16, got 'int4'"),
+    (dict(target="host", precision="fp16"), "--precision fp16 is for GPU targets (jetson-nano); host runs on a CPU, "
+                                            "use fp32 or int8"),
+    (dict(target="onnx", precision="fp16"), "--precision fp16 is a build option of TensorRT, not of the ONNX file: "
+                                            "export fp32 and build with trtexec --fp16 (or the tensorrt backend's "
+                                            "fp16=True)"),
     (dict(target="host", calibration="synthetic"), "--calibration is for --precision int8"),
     (dict(target="host", precision="int8", calibration="synthetic", min_agreement=98.0),
      "--min-agreement must be a fraction between 0 and 1, got 98.0"),
@@ -178,3 +183,37 @@ def test_compare_bad_contestant_is_one_line(capsys):
 
     assert main(["nofolder"]) != 0
     assert "expected NAME=FOLDER[:BACKEND], got 'nofolder'" in capsys.readouterr().err
+
+
+# -- fp16 (GPU targets) ------------------------------------------------------------------------------
+
+def test_fp16_llvm_module_follows_float32_pytorch(small_artifact):
+    """The mixed-precision module the GPU gets, built for this CPU, against float32 PyTorch (buffers carried)."""
+    from online_tsm.export.mixed_precision import FP16_TOLERANCE, fp16_agreement, stream_fp16_llvm
+    from online_tsm.export.reference import frames_for, read_reference
+
+    manifest = load_manifest(small_artifact)
+    reference = read_reference(small_artifact / manifest.file_with_role("reference"))
+    frames = frames_for(manifest, len(reference))
+    logits = stream_fp16_llvm(small_artifact / "model.onnx", manifest, frames)
+    check = fp16_agreement(logits, reference)
+    assert logits.dtype == np.float32 and logits.shape == reference.shape
+    assert 0.0 < check["relative_max_diff"] <= FP16_TOLERANCE  # float16 is not exact, and stays close
+    assert check["top1_agreement"] == 1.0
+
+
+@pytest.mark.slow
+def test_jetson_fp16_export_holds_sm53_cubin_and_records_numerics(small_weights, tmp_path):
+    from online_tsm.export import elf
+
+    folder = export_artifact(small_weights, "jetson-nano", tmp_path / "nano-fp16", precision="fp16", progress=False)
+    manifest = load_manifest(folder)
+    assert manifest.model["precision"] == "fp16"
+    check = manifest.model["fp16_check"]
+    assert check["relative_max_diff"] <= 0.04 and check["top1_agreement"] == 1.0
+    library = folder / manifest.file_with_role("library")
+    cubins = [i for i in elf.embedded_cuda_images(library) if i.kind == "cubin"]
+    assert cubins and {i.arch for i in cubins} == {"sm_53"}
+    assert manifest.target["device_code"]["precision"] == "fp16"
+    assert [s.name for s in manifest.inputs][0] == manifest.frame_input
+    assert all(s.dtype == "float32" for s in manifest.inputs + manifest.outputs)

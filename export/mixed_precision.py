@@ -1,0 +1,61 @@
+"""fp16 for the GPU targets: TVM's mixed-precision rewrite, and its numerics checked on this machine's CPU.
+
+Convolutions and matrix products run in float16 with float32 accumulation
+(``ToMixedPrecision(out_dtype="float32")``); the graph's inputs and outputs
+(``frame``, the shift buffers, ``logits``) stay float32, so the runtimes and
+the device kit feed the fp16 library exactly as the fp32 one.  Accumulating in
+float16 instead roughly triples the logit error, hence float32.
+
+The GPU build cannot be run here, so the same rewritten module is compiled for
+the host CPU (``llvm``) and streamed over the verification frames with the
+buffers carried; its agreement with float32 PyTorch is what the manifest
+records and what the export gates on.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FP16_TOLERANCE = 0.04   # max |logit diff| as a fraction of max |logit| of float32 PyTorch
+FP16_MIN_TOP1 = 1.0     # every verification frame keeps its top-1 class
+
+
+def to_mixed_precision(mod: Any) -> Any:  # noqa: ANN401 -- tvm.IRModule
+    """float16 compute, float32 accumulation and float32 graph boundaries."""
+    from tvm import relax
+
+    return relax.transform.ToMixedPrecision(out_dtype="float32")(mod)
+
+
+def stream_fp16_llvm(onnx_path: Path, manifest: Any, frames: np.ndarray) -> np.ndarray:
+    """Logits of ``frames`` through the mixed-precision module compiled for this CPU, buffers carried."""
+    import tempfile
+
+    import tvm
+
+    from online_tsm.export.tvm import input_specs, relax_from_onnx, stream_tvm
+
+    mod = to_mixed_precision(relax_from_onnx(onnx_path, input_specs(manifest)))
+    executable = tvm.compile(mod, tvm.target.Target("llvm"))
+    with tempfile.TemporaryDirectory(prefix="online-tsm-fp16-") as tmp:
+        library = Path(tmp) / "fp16.so"
+        executable.export_library(str(library))
+        return stream_tvm(library, manifest, frames)
+
+
+def fp16_agreement(logits: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+    """The figures the manifest stores: relative max |logit diff| and top-1 agreement vs float32."""
+    reference = reference[:len(logits)]
+    scale = float(np.abs(reference).max()) or 1.0
+    diff = float(np.abs(logits.astype(np.float64) - reference).max())
+    top1 = float(np.mean(logits.argmax(-1) == reference.argmax(-1)))
+    return {"checked_on": "llvm (this machine's CPU), same mixed-precision module", "frames": int(len(logits)),
+            "max_abs_diff": diff, "relative_max_diff": diff / scale, "top1_agreement": top1,
+            "tolerance": FP16_TOLERANCE, "accumulation": "float32", "boundaries": "float32"}
+
+
+def passes(check: dict[str, Any]) -> bool:
+    """The export's gate: close to float32 and no frame changes its top-1 class."""
+    return check["relative_max_diff"] <= FP16_TOLERANCE and check["top1_agreement"] >= FP16_MIN_TOP1
