@@ -93,8 +93,14 @@ def _single_stream(path: Path, every: int) -> CalibrationSet:
 
 
 def load_calibration(data: str, model_labels: Sequence[str], *, every: int = 1, n_calibration: int = 24,
-                     n_held_out: int = 24, seed: int = 0) -> CalibrationSet:
-    """Read ``data`` (see the module docstring) into calibration and held-out clips at the model's pace ``every``."""
+                     n_held_out: int = 24, seed: int = 0, val_fraction: float | None = None) -> CalibrationSet:
+    """Read ``data`` (see the module docstring) into calibration and held-out clips at the model's pace ``every``.
+
+    A class folder without ``train/`` and ``val/`` is split as ``tsm-train``
+    splits it (``val_fraction`` and ``seed``, as the checkpoint recorded
+    them), so the held-out clips are the ones the model was validated on,
+    never clips it was trained on.
+    """
     from online_tsm.training import data as data_mod
 
     if data == SYNTHETIC:
@@ -110,7 +116,8 @@ def load_calibration(data: str, model_labels: Sequence[str], *, every: int = 1, 
         return _single_stream(path, every)
     try:
         fmt = data_mod.detect_format(str(path))
-        split = data_mod.scan_jester(path) if fmt == "jester" else data_mod.scan_folder(path, 0.25, seed)
+        split = data_mod.scan_jester(path) if fmt == "jester" else data_mod.scan_folder(
+            path, data_mod.DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction, seed)
     except data_mod.DataError as exc:
         raise UserError(f"--calibration {data}: {exc}") from None
     return _from_split(split, model_labels, every, n_calibration, n_held_out)

@@ -52,7 +52,9 @@ def build_manifest(model: MobileNetV2TSM, name: str = "online-tsm", shift: str =
                "width_mult": info.width_mult, "shift_blocks": list(info.shift_blocks), "fold_div": info.fold_div,
                "shift": shift if shapes else "none",
                # How the model was trained to be paced when streamed (online_tsm.pacing); absent if unknown.
-               **{k: info.extra[k] for k in PACE_KEYS if k in info.extra}},
+               **{k: info.extra[k] for k in PACE_KEYS if k in info.extra},
+               # Which of a class folder's clips the model was validated on: int8 calibration holds out the same.
+               **({"training_split": info.extra["split"]} if isinstance(info.extra.get("split"), dict) else {})},
         preprocess={"input_size": size, "resize_shorter": resize_size(size), "mean": list(info.mean),
                     "std": list(info.std), "color_order": "rgb", "layout": "NCHW", "folded": False},
         inputs=[TensorSpec(FRAME_INPUT, [1, 3, size, size])] + [TensorSpec(n, s) for n, s in zip(ins, shapes)],

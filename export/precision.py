@@ -88,7 +88,9 @@ def export_int8(model: Any, onnx_path: Path, manifest: Manifest, frames: np.ndar
     from online_tsm.runtimes import open_runtime
 
     every = pace_from_metadata(manifest.model).every
-    data = load_calibration(calibration, manifest.labels, every=every, n_held_out=HELD_OUT_CLIPS)
+    split = manifest.model.get("training_split") or {}
+    data = load_calibration(calibration, manifest.labels, every=every, n_held_out=HELD_OUT_CLIPS,
+                            seed=int(split.get("seed", 0)), val_fraction=split.get("val_fraction"))
     n_cal = sum(len(c.frames) for c in data.calibration)
     say(f"int8 calibration data: {data.description}")
     with tempfile.TemporaryDirectory(prefix="online-tsm-int8-") as tmp:

@@ -53,7 +53,7 @@ def test_int8_keeps_the_contract_and_stores_its_agreement(int8_export, small_art
     assert q["activations"] == "uint8" and q["calibration"]["frames"] > 0
     assert a["clips"] >= 4 and 0.0 <= a["top1_agreement_frames"] <= 1.0 and 0.0 <= a["top1_agreement_last_frame"] <= 1
     assert 0 < a["mean_abs_logit_diff"] <= a["max_abs_logit_diff"]
-    assert a["drift"]["frames"] == 200 and a["accuracy_fp32"] is None  # gesture folders are not the model's classes
+    assert a["drift"]["frames"] == 200 and a["accuracy_fp32"] is None is a["clip_accuracy_fp32"]  # gesture folders are not the model's classes
 
 
 def test_int8_logits_follow_float32_pytorch(int8_export, model_small):
@@ -141,6 +141,14 @@ def test_calibration_sources(tmp_path, class_folder):
     assert sum(len(c.frames) for c in single.calibration) == 20
     folder = load_calibration(str(class_folder), ["Swiping Left"])  # not every class is the model's: unlabelled
     assert folder.calibration and folder.held_out and not folder.labelled
+    # the clips held out are the ones tsm-train validated on (same fraction and seed), none it trained on
+    from online_tsm.training.data import scan_folder
+
+    for fraction, seed in ((None, 0), (0.5, 1)):
+        split = scan_folder(class_folder, 0.2 if fraction is None else fraction, seed)
+        got = load_calibration(str(class_folder), ["x"], seed=seed, val_fraction=fraction)
+        assert sorted(c.name for c in got.held_out) == sorted(c.name for c in split.val)
+        assert not {c.name for c in got.calibration} & {c.name for c in split.val}
     synthetic = load_calibration("synthetic", ["x"], every=4, n_calibration=8, n_held_out=4)
     assert len(synthetic.held_out) == 4 and all(len(c.frames) <= 10 for c in synthetic.held_out)
     with pytest.raises(UserError) as exc:
@@ -217,3 +225,34 @@ def test_jetson_fp16_export_holds_sm53_cubin_and_records_numerics(small_weights,
     assert manifest.target["device_code"]["precision"] == "fp16"
     assert [s.name for s in manifest.inputs][0] == manifest.frame_input
     assert all(s.dtype == "float32" for s in manifest.inputs + manifest.outputs)
+
+
+class _ScriptedRuntime:
+    """Stands in for a runtime: each stream returns the scripted logits of its clip, one row per frame."""
+
+    def __init__(self, logits_by_clip: list[np.ndarray]) -> None:
+        self._clips = iter(logits_by_clip)
+
+    def preprocess(self, image: np.ndarray, color_order: str = "bgr") -> np.ndarray:
+        return image
+
+    def new_stream(self):
+        rows = iter(next(self._clips))
+        return type("Stream", (), {"step": lambda self, frame: next(rows)})()
+
+
+def test_agreement_reports_last_frame_and_clip_accuracy_apart():
+    """A clip whose last frame is wrong but whose mean is right counts for clip accuracy only (as tsm-train)."""
+    from online_tsm.export.calibration import CalibrationClip
+    from online_tsm.export.quantize import measure_agreement
+
+    right_then_wrong = np.array([[5.0, 0.0], [5.0, 0.0], [0.0, 1.0]])   # label 0: mean right, last frame wrong
+    wrong = np.array([[0.0, 5.0], [0.0, 5.0], [0.0, 5.0]])              # label 0: wrong throughout
+    clips = [CalibrationClip("a", [np.zeros(1)] * 3, label=0), CalibrationClip("b", [np.zeros(1)] * 3, label=0)]
+    fp32 = _ScriptedRuntime([right_then_wrong, wrong])
+    int8 = _ScriptedRuntime([right_then_wrong, right_then_wrong])      # int8 changes clip b's prediction
+    a = measure_agreement(int8, fp32, clips, drift_frames=0)
+    assert (a.accuracy_fp32, a.accuracy_int8) == (0.0, 0.0)
+    assert (a.clip_accuracy_fp32, a.clip_accuracy_int8) == (0.5, 1.0)
+    assert a.top1_agreement_frames == pytest.approx(4 / 6) and a.top1_agreement_last_frame == 1.0
+    assert any("averaged over its frames" in line and "float32 50.0%, int8 100.0%" in line for line in a.lines())

@@ -43,6 +43,7 @@ def test_train_writes_checkpoint_metrics_and_confusion(trained, capsys):
     # 8 synthetic clips of 24-40 frames cut into 4 segments: the stride the demo will stream at
     assert 6.0 <= extra["frame_stride"] <= 10.0
     assert extra["command"].startswith("tsm-train --data synthetic")
+    assert extra["split"] == {"val_fraction": 0.2, "seed": 0}  # int8 calibration holds out the same clips
     metrics = json.loads((trained / "metrics.json").read_text())
     assert metrics["clip_top1"] == metrics["stream_top1"]
     assert metrics["clip_stream_max_abs_diff"] < 1e-4

@@ -28,14 +28,17 @@ def _positive_int(text: str) -> int:
 
 
 def _data_args(parser: argparse.ArgumentParser) -> None:
+    from online_tsm.training.data import DEFAULT_VAL_FRACTION
+
     g = parser.add_argument_group("data")
     g.add_argument("--data", required=True,
                    help="a folder with one sub-folder per class (videos or frame folders; optional train/ and val/ "
                         "splits), a Jester folder (frame folders by id + ';' CSV lists), or 'synthetic'")
     g.add_argument("--format", dest="data_format", default="auto", choices=("auto", "folder", "jester", "synthetic"),
                    help="layout of --data (default: detected)")
-    g.add_argument("--val-fraction", type=float, default=0.2,
-                   help="class folders without train/ and val/: share of clips held out, per class (default 0.2)")
+    g.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
+                   help="class folders without train/ and val/: share of clips held out, per class (default "
+                        f"{DEFAULT_VAL_FRACTION:g})")
     g.add_argument("--seed", type=int, default=0, help="seed of the split, the synthetic set and training (default 0)")
     g.add_argument("--train-clips", type=_positive_int, default=4000, help="synthetic: training clips (default 4000)")
     g.add_argument("--val-clips", type=_positive_int, default=800, help="synthetic: validation clips (default 800)")

@@ -231,6 +231,12 @@ def _scan_classes(root: Path, labels: list[str], report: DataReport) -> list[Cli
     return clips
 
 
+# Share of a class folder's clips held out per class when it has no train/ and val/ splits.  tsm-export's int8
+# calibration holds out the same clips (the checkpoint records the split), so agreement is never measured on
+# clips the model was trained on.
+DEFAULT_VAL_FRACTION = 0.2
+
+
 def _stratified_split(clips: list[Clip], val_fraction: float, seed: int) -> tuple[list[Clip], list[Clip]]:
     """Per class, a seeded ``val_fraction`` of the clips for validation (at least one when a class has two)."""
     rng = np.random.default_rng(seed)
@@ -246,7 +252,7 @@ def _stratified_split(clips: list[Clip], val_fraction: float, seed: int) -> tupl
     return train, val
 
 
-def scan_folder(root: Path, val_fraction: float = 0.2, seed: int = 0) -> DataSplit:
+def scan_folder(root: Path, val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0) -> DataSplit:
     """``root/<class>/<video or frame folder>``, or ``root/train/<class>/...`` + ``root/val/<class>/...``."""
     report = DataReport()
     split_dirs = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}

@@ -99,7 +99,7 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     workers: int = 0
-    val_fraction: float = 0.2
+    val_fraction: float = data_mod.DEFAULT_VAL_FRACTION
     hflip: bool = False
     augment: bool = True              # random crop, brightness/contrast (per clip); False: deployment pre-processing
     train_clips: int = 4000           # synthetic only
@@ -411,7 +411,9 @@ def training_frame_stride(clips: list, segments: int) -> float | None:
 def _save(model: MobileNetV2TSM, path: Path, labels: list[str], cfg: TrainConfig, epoch: int, top1: float,
           top5: float, data_description: str, frame_stride: float | None = None) -> None:
     extra = {"trained_shift": cfg.shift, "segments": cfg.segments, "epoch": epoch, "val_top1": top1,
-             "val_top5": top5, "data": data_description, "command": cfg.command}
+             "val_top5": top5, "data": data_description, "command": cfg.command,
+             # which clips were held out, so that tsm-export --calibration holds out the same ones
+             "split": {"val_fraction": cfg.val_fraction, "seed": cfg.seed}}
     if frame_stride is not None:
         extra["frame_stride"] = frame_stride
     # Weights go back to the default memory format: a checkpoint should not depend on how it was trained.
