@@ -36,6 +36,7 @@ class BackendPlan:
     remote: bool = False
     on_by_default: bool = True
     precision: str = "fp32"      # of the artifact it runs (tsm-export --precision)
+    tuned: bool = True           # TVM builds: use this CPU's --tune records when there are any
 
 
 BACKEND_PLANS: dict[str, BackendPlan] = {
@@ -45,7 +46,9 @@ BACKEND_PLANS: dict[str, BackendPlan] = {
         BackendPlan("onnxruntime", "onnxruntime", ONNX_TARGET),
         BackendPlan("onnxruntime-int8", "onnxruntime", ONNX_TARGET, precision="int8"),
         BackendPlan(PLAIN_ORT, PLAIN_ORT, ONNX_TARGET, baseline=True),
-        BackendPlan("tvm", "tvm", HOST_TVM_TARGET),
+        # TVM with its default schedules, and with this CPU's MetaSchedule records (a row only when records exist)
+        BackendPlan("tvm", "tvm", HOST_TVM_TARGET, tuned=False),
+        BackendPlan("tvm-tuned", "tvm", HOST_TVM_TARGET),
         BackendPlan("tensorrt", "tensorrt", ONNX_TARGET),
         # what open_runtime(folder) picks by default: the host artifact (ONNX + TVM library), measured and cached
         BackendPlan("auto", "auto", HOST_TVM_TARGET),
@@ -65,6 +68,9 @@ def backend_availability() -> dict[str, str | None]:
             out[name] = None if importlib.util.find_spec("onnxruntime") else "onnxruntime not installed"
         elif plan.runtime == "auto":
             out[name] = runtimes.get("tvm")  # its artifact is the host export, which needs TVM to build
+        elif name == "tvm-tuned" and runtimes.get("tvm") is None and tuning_fingerprint(plan.target) is None:
+            out[name] = ("no tuning records for this CPU (tsm-export --target host --tune N makes them; "
+                         "the tvm row uses the default schedules)")
         elif plan.runtime not in BACKENDS:
             out[name] = f"no {plan.runtime} runtime in this online-tsm build"
         else:
@@ -83,15 +89,19 @@ def default_bench_backends(remote: bool = False) -> list[str]:
 BENCH_CALIBRATION = "synthetic"
 
 
-def export_for_plan(model: MobileNetV2TSM, target: str, out_dir: Path, shift: str, precision: str = "fp32") -> Path:
-    """Write the artifact of ``model`` for ``target`` (``shift="none"``: the TSN baseline) into ``out_dir``."""
+def export_for_plan(model: MobileNetV2TSM, target: str, out_dir: Path, shift: str, precision: str = "fp32",
+                    tuned: bool = True) -> Path:
+    """Write the artifact of ``model`` for ``target`` (``shift="none"``: the TSN baseline) into ``out_dir``.
+
+    ``tuned=False`` builds a TVM library with the default schedules even when tuning records exist.
+    """
     from online_tsm.export.api import export_artifact
 
     if precision == "int8":
         return Path(export_artifact(model, target, out_dir, shift=shift, precision="int8",
                                     calibration=BENCH_CALIBRATION, min_agreement=0.0,
                                     drift_frames=None if shift == "causal" else 0))
-    return Path(export_artifact(model, target, out_dir, shift=shift))
+    return Path(export_artifact(model, target, out_dir, shift=shift, tuning_records=tuned))
 
 
 def tuning_fingerprint(target: str) -> str | None:

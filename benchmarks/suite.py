@@ -252,13 +252,13 @@ def _streams(rt: Runtime, frames: np.ndarray, cfg: BenchConfig) -> dict[str, Any
 
 
 def _artifact(bench: BenchModel, target: str, shift: str, cfg: BenchConfig, digest: str,
-              precision: str = "fp32") -> Path:
+              precision: str = "fp32", tuned: bool = True) -> Path:
     """The cached artifact of the benchmark model for ``target`` (``shift="none"``: TSN), built if absent."""
-    extra: dict[str, Any] = {"tuning": tuning_fingerprint(target)}
+    extra: dict[str, Any] = {"tuning": tuning_fingerprint(target) if tuned else None}
     if precision != "fp32":
         extra["precision"] = precision
     return cached_artifact(bench.tsm, target, shift,
-                           lambda out: export_for_plan(bench.tsm, target, out, shift, precision),
+                           lambda out: export_for_plan(bench.tsm, target, out, shift, precision, tuned),
                            root=cfg.cache_root, model_digest=digest, log=_say, extra=extra)
 
 
@@ -273,7 +273,7 @@ def _run_one(plan: BackendPlan, bench: BenchModel, cfg: BenchConfig, machine_lab
             if target is None:
                 sources[variant] = model
             else:
-                sources[variant] = _artifact(bench, target, variant, cfg, digest, plan.precision)
+                sources[variant] = _artifact(bench, target, variant, cfg, digest, plan.precision, plan.tuned)
         if target is not None:
             result.size_bytes = facts.folder_size_bytes(sources["causal"])
         if plan.precision == "int8":

@@ -210,7 +210,8 @@ def export_artifact(weights_or_model: Any, target: str, out_dir: str | os.PathLi
                     shift: str = "causal", progress: bool = True, camera_size: tuple[int, int] = DEFAULT_CAMERA_SIZE,
                     color_order: str = "bgr", library: str = "auto", precision: str = "fp32",
                     calibration: str | None = None, min_agreement: float = 0.98,
-                    drift_frames: int | None = None, ort_shift: str = "slice") -> Path:
+                    drift_frames: int | None = None, ort_shift: str = "slice",
+                    tuning_records: bool = True) -> Path:
     """Export ``weights_or_model`` for ``target`` into ``out_dir``; return the folder.
 
     ``shift="none"`` exports the TSN baseline (same weights, no shift, no
@@ -226,6 +227,8 @@ def export_artifact(weights_or_model: Any, target: str, out_dir: str | os.PathLi
     model) and stores its agreement with float32 in the manifest; the export
     fails below ``min_agreement``.  ``ort_shift="conv"`` expresses the shift
     as 1x1 convolutions in ``model.onnx`` (:mod:`.shift_fold`).
+    ``tuning_records=False`` compiles a CPU library with the default
+    schedules even when ``tune`` records exist for this CPU.
     """
     say = Progress(progress)
     row = get_target(target)
@@ -243,6 +246,8 @@ def export_artifact(weights_or_model: Any, target: str, out_dir: str | os.PathLi
     if tune and row.kind != "cpu" or tune and row.cross:
         raise UserError(f"--tune measures candidates on this machine, so it works for the host target only "
                         f"(not {row.name})")
+    if tune and not tuning_records:
+        raise UserError("--tune makes tuning records and --no-tuning-records ignores them: give one of the two")
     if tune < 0:
         raise UserError(f"--tune must be >= 0, got {tune}")
     model = load_export_model(weights_or_model, input_size, shift)
@@ -251,7 +256,8 @@ def export_artifact(weights_or_model: Any, target: str, out_dir: str | os.PathLi
         _export(model, row, staging, say, name=_model_name(weights_or_model), shift=shift, opset=opset,
                 fold=fold_preprocess, camera_size=camera_size, color_order=color_order, tune=tune,
                 library=library, precision=precision, calibration=calibration,
-                min_agreement=min_agreement, drift_frames=drift_frames, ort_shift=ort_shift)
+                min_agreement=min_agreement, drift_frames=drift_frames, ort_shift=ort_shift,
+                tuning_records=tuning_records)
         out = publish_out_dir(staging, out_dir)
     except BaseException:
         discard_out_dir(staging)  # a failed export leaves the previous one (or nothing) where it was
@@ -263,7 +269,7 @@ def export_artifact(weights_or_model: Any, target: str, out_dir: str | os.PathLi
 def _export(model: MobileNetV2TSM, row: ExportTarget, out: Path, say: Progress, *, name: str, shift: str,
             opset: int | None, fold: bool, camera_size: tuple[int, int], color_order: str, tune: int,
             library: str, precision: str = "fp32", calibration: str | None = None, min_agreement: float = 0.98,
-            drift_frames: int | None = None, ort_shift: str = "slice") -> Path:
+            drift_frames: int | None = None, ort_shift: str = "slice", tuning_records: bool = True) -> Path:
     graph_model: torch.nn.Module = model
     manifest = build_manifest(model, name=name, shift=shift)
     if fold:
@@ -311,7 +317,7 @@ def _export(model: MobileNetV2TSM, row: ExportTarget, out: Path, say: Progress, 
         from online_tsm.export.tvm import compile_library
 
         compiled = compile_library(onnx_path, manifest, row, out, library=library, tune=tune, progress=say,
-                                   precision=precision)
+                                   precision=precision, tuning_records=tuning_records)
         notes += compiled.notes
         for note in compiled.notes:
             say(f"note: {note}")

@@ -36,6 +36,9 @@ def _export_parser() -> argparse.ArgumentParser:
                         help="colour order of the camera frames for --fold-preprocess (default bgr, as OpenCV)")
     parser.add_argument("--tune", type=int, default=0, metavar="N",
                         help="MetaSchedule trials per function (host only); records are cached and reused")
+    parser.add_argument("--no-tuning-records", dest="tuning_records", action="store_false",
+                        help="build with the default schedules even if --tune records exist for this CPU "
+                             "(to compare tuned and untuned builds)")
     parser.add_argument("--shift", choices=("causal", "none"), default="causal",
                         help="'none' exports the TSN baseline (same weights, no shift) for overhead measurements")
     parser.add_argument("--library", choices=("auto", "so", "tar"), default="auto",
@@ -103,8 +106,8 @@ def _export_main(args: argparse.Namespace) -> int:
         module, function = row.packager.split(":")
         export = getattr(importlib.import_module(module), function)
     out = export(args.weights or _default_weights(), args.target, args.output, input_size=args.input_size,
-                 opset=args.opset, fold_preprocess=args.fold_preprocess, tune=args.tune, force=args.force,
-                 shift=args.shift, progress=not args.quiet, camera_size=camera, color_order=args.camera_order,
+                 opset=args.opset, fold_preprocess=args.fold_preprocess, tune=args.tune,
+                 tuning_records=args.tuning_records, force=args.force, shift=args.shift, progress=not args.quiet, camera_size=camera, color_order=args.camera_order,
                  library=args.library, precision=args.precision, calibration=args.calibration,
                  min_agreement=args.min_agreement)
     print(out)

@@ -209,8 +209,13 @@ def _export(executable, path: Path, row: ExportTarget, linker: str | None) -> No
 
 
 def compile_cpu(onnx_path: Path, manifest: Manifest, row: ExportTarget, out_dir: Path, *, library: str = "auto",
-                tune: int = 0, progress: Progress = _quiet) -> CompiledLibrary:
-    """Build a CPU target into ``out_dir/model.so`` (or ``model.tar``)."""
+                tune: int = 0, progress: Progress = _quiet, tuning_records: bool = True) -> CompiledLibrary:
+    """Build a CPU target into ``out_dir/model.so`` (or ``model.tar``).
+
+    ``tuning_records=False`` builds with the default schedules even when
+    ``--tune`` records exist for this CPU, so that tuned and untuned builds
+    can be compared.
+    """
     import tvm
 
     linker = row.find_linker()
@@ -223,8 +228,10 @@ def compile_cpu(onnx_path: Path, manifest: Manifest, row: ExportTarget, out_dir:
     tuning: dict[str, Any] = {"trials_per_task": tune}
     if tune > 0:
         tune_cpu(mod, row, target, tune, progress)
-    database, used = _open_database(row, target_dict)
+    database, used = _open_database(row, target_dict) if tuning_records else (None, [])
     tuning["record_databases"] = used
+    if not tuning_records:
+        tuning["records"] = "not used (default schedules asked for)"
     progress(f"compiling for {row.name} ({target_dict.get('mcpu', 'generic')}"
              f"{', with tuning records' if used else ', default schedules'})")
     executable = tvm.compile(mod, target, relax_pipeline=cpu_pipeline(target, database))
@@ -297,7 +304,7 @@ def compile_cuda(onnx_path: Path, manifest: Manifest, row: ExportTarget, out_dir
 
 def compile_library(onnx_path: Path, manifest: Manifest, row: ExportTarget, out_dir: Path, *,
                     library: str = "auto", tune: int = 0, progress: Progress = _quiet,
-                    precision: str = "fp32") -> CompiledLibrary:
+                    precision: str = "fp32", tuning_records: bool = True) -> CompiledLibrary:
     """Compile the artifact's ``model.onnx`` for ``row`` into ``out_dir`` (``precision="fp16"``: CUDA only)."""
     builders = {"cpu": compile_cpu, "cuda": compile_cuda}
     if row.kind not in builders:
@@ -305,6 +312,9 @@ def compile_library(onnx_path: Path, manifest: Manifest, row: ExportTarget, out_
     if precision == "fp16":
         return compile_cuda(onnx_path, manifest, row, out_dir, library=library, tune=tune, progress=progress,
                             precision=precision)
+    if row.kind == "cpu":
+        return compile_cpu(onnx_path, manifest, row, out_dir, library=library, tune=tune, progress=progress,
+                           tuning_records=tuning_records)
     return builders[row.kind](onnx_path, manifest, row, out_dir, library=library, tune=tune, progress=progress)
 
 

@@ -216,6 +216,18 @@ def test_every_backend_has_an_availability_verdict():
     assert verdicts["torch"] is None and verdicts["ort-plain"] is None
 
 
+def test_tuned_tvm_has_its_own_row_only_when_this_cpu_has_records(monkeypatch):
+    from online_tsm.benchmarks import backends
+
+    assert BACKEND_PLANS["tvm"].tuned is False and BACKEND_PLANS["tvm-tuned"].tuned
+    monkeypatch.setattr(backends, "tuning_fingerprint", lambda target: None)
+    verdicts = backend_availability()
+    assert verdicts["tvm"] is None
+    assert verdicts["tvm-tuned"].startswith("no tuning records for this CPU (tsm-export --target host --tune N")
+    monkeypatch.setattr(backends, "tuning_fingerprint", lambda target: "0123456789abcdef")
+    assert backend_availability()["tvm-tuned"] is None
+
+
 def test_rpc_spec_parsing_errors():
     with pytest.raises(UserError, match="--rpc expects HOST:PORT"):
         RemoteSpec.parse("jetson.local", "jetson-nano")

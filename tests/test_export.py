@@ -347,6 +347,33 @@ def test_tune_is_refused_for_cross_targets(capsys, small_weights, tmp_path):
     assert "host target only" in capsys.readouterr().err
 
 
+def test_tune_and_no_tuning_records_are_refused_together(capsys, small_weights, tmp_path):
+    assert cli_main(["--weights", str(small_weights), "--target", "host", "--tune", "4", "--no-tuning-records",
+                     "-o", str(tmp_path / "a")]) == 2
+    assert "give one of the two" in capsys.readouterr().err and not (tmp_path / "a").exists()
+
+
+def test_default_schedules_can_be_asked_for_when_tuning_records_exist(export_cache, small_weights, tmp_path,
+                                                                     monkeypatch):
+    """tsm-bench's untuned tvm row: the build must not read this CPU's --tune records even when they exist."""
+    from online_tsm.export import tvm as export_tvm
+
+    artifact = export_cache("small-host", small_weights, "host")
+    manifest = load_manifest(artifact)
+    opened = []
+    monkeypatch.setattr(export_tvm, "_open_database",
+                        lambda row, target: opened.append(row.name) or (None, ["/records/for/this/cpu"]))
+    row = get_target("host")
+    (tmp_path / "tuned").mkdir()
+    (tmp_path / "untuned").mkdir()
+    tuned = export_tvm.compile_cpu(artifact / "model.onnx", manifest, row, tmp_path / "tuned")
+    untuned = export_tvm.compile_cpu(artifact / "model.onnx", manifest, row, tmp_path / "untuned",
+                                     tuning_records=False)
+    assert tuned.tuning["record_databases"] == ["/records/for/this/cpu"] and "records" not in tuned.tuning
+    assert untuned.tuning["record_databases"] == [] and untuned.tuning["records"].startswith("not used")
+    assert opened == ["host"]
+
+
 def test_readme_says_what_to_copy(export_cache, small_weights):
     text = (export_cache("small-raspberry-pi-4", small_weights, "raspberry-pi-4") / "README.txt").read_text()
     assert "scp -r" in text and "apache-tvm" in text and "python3 run.py --json" in text
