@@ -37,6 +37,24 @@ def _pace_lines(manifest: Manifest) -> list[str]:
             f"{pace.history} steps, as tsm-demo does (manifest: model.frame_stride, model.segments)."]
 
 
+def _precision_lines(manifest: Manifest) -> list[str]:
+    """What a reduced-precision artifact computes in, and how far it was measured from float32."""
+    model = manifest.model
+    if model.get("precision") == "int8":
+        agreement = (model.get("quantization") or {}).get("agreement") or {}
+        measured = (f"; top-1 agreement with float32 on {agreement['top1_agreement_frames']:.1%} of held-out frames"
+                    if "top1_agreement_frames" in agreement else "")
+        return [f"Precision: int8 (QDQ model.onnx for ONNX Runtime; float32 inputs and outputs){measured} "
+                "(manifest: model.quantization)."]
+    if model.get("precision") == "fp16":
+        check = model.get("fp16_check") or {}
+        measured = (f"; checked against float32 on the exporting CPU: max |logit diff| "
+                    f"{check['relative_max_diff']:.2%} of max |logit|" if "relative_max_diff" in check else "")
+        return [f"Precision: fp16 kernels with float32 accumulation, float32 inputs and outputs{measured} "
+                "(manifest: model.fp16_check)."]
+    return []
+
+
 def artifact_readme(manifest: Manifest, row: ExportTarget, folder: str = "ARTIFACT",
                     files: Sequence[str] | None = None, roles: dict[str, str] | None = None) -> str:
     """The folder's README.txt; ``files``: the folder's files besides manifest.json (default: the manifest's);
@@ -65,6 +83,7 @@ def artifact_readme(manifest: Manifest, row: ExportTarget, folder: str = "ARTIFA
         "before the first frame (and after a scene cut).",
         f"Output {manifest.logits_output}: [1, {manifest.model.get('n_class')}] class scores; labels in manifest.json.",
         *_pace_lines(manifest),
+        *_precision_lines(manifest),
         "",
         "On the device:",
         steps.rstrip("\n"),

@@ -48,6 +48,9 @@ def test_int8_keeps_the_contract_and_stores_its_agreement(int8_export, small_art
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert [i.name for i in graph.graph.input] == [s.name for s in m.inputs]
     assert m.file_with_role("library") is None  # int8 runs on ONNX Runtime; no TVM library
+    readme = (int8_export / "README.txt").read_text()
+    assert f"Precision: int8 (QDQ model.onnx for ONNX Runtime; float32 inputs and outputs); top-1 agreement with " \
+           f"float32 on {m.model['quantization']['agreement']['top1_agreement_frames']:.1%}" in readme
     q = m.model["quantization"]
     a = q["agreement"]
     assert q["activations"] == "uint8" and q["calibration"]["frames"] > 0
@@ -225,6 +228,7 @@ def test_jetson_fp16_export_holds_sm53_cubin_and_records_numerics(small_weights,
     assert manifest.target["device_code"]["precision"] == "fp16"
     assert [s.name for s in manifest.inputs][0] == manifest.frame_input
     assert all(s.dtype == "float32" for s in manifest.inputs + manifest.outputs)
+    assert "Precision: fp16 kernels with float32 accumulation" in (folder / "README.txt").read_text()
 
 
 class _ScriptedRuntime:
