@@ -329,8 +329,12 @@ def write_plot(data: dict[str, Any], path: str | os.PathLike) -> Path:
     m = data.get("model")
     fig.suptitle(f"online TSM MobileNetV2 {m['input_size']}x{m['input_size']} -- {data['command']}" if m
                  else f"online TSM -- {data['command']}", fontsize=10)
+    from online_tsm.fileio import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return path

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -70,7 +69,6 @@ def quantize_int8(fp32_onnx: Path, feeds: list[dict[str, np.ndarray]], out: Path
     """Write the U8S8 QDQ model of ``fp32_onnx`` calibrated on ``feeds`` (percentile ranges) to ``out``."""
     import contextlib
     import io
-    import tempfile
 
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -99,21 +97,18 @@ def quantize_int8(fp32_onnx: Path, feeds: list[dict[str, np.ndarray]], out: Path
         raise QuantizationError("no calibration frames")
     classifier = [n.name for n in onnx.load(str(fp32_onnx), load_external_data=False).graph.node
                   if n.op_type in ("Gemm", "MatMul")]
-    with tempfile.TemporaryDirectory() as tmp:
-        cwd = os.getcwd()
-        os.chdir(tmp)  # quantize_static writes its augmented model next to the working directory
-        advice = _DropAdvice()
-        logging.getLogger().addFilter(advice)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # ORT prints its percentile settings
-                quantize_static(str(fp32_onnx), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                calibrate_method=CalibrationMethod.Percentile, nodes_to_exclude=classifier,
-                                extra_options={"ActivationSymmetric": False, "CalibPercentile": PERCENTILE,
-                                               "CalibStridedMinMax": chunk})
-        finally:
-            logging.getLogger().removeFilter(advice)
-            os.chdir(cwd)
+    # quantize_static keeps its augmented calibration model in a temporary folder of its own (ORT >= 1.17)
+    advice = _DropAdvice()
+    logging.getLogger().addFilter(advice)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # ORT prints its percentile settings
+            quantize_static(str(fp32_onnx), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.Percentile, nodes_to_exclude=classifier,
+                            extra_options={"ActivationSymmetric": False, "CalibPercentile": PERCENTILE,
+                                           "CalibStridedMinMax": chunk})
+    finally:
+        logging.getLogger().removeFilter(advice)
 
 
 class _DropAdvice(logging.Filter):

@@ -103,12 +103,16 @@ def test_min_agreement_refuses_the_export(small_weights, class_folder, tmp_path,
     from online_tsm.export import quantize
 
     monkeypatch.setattr(quantize.Agreement, "gate", lambda self: 0.5)
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)  # quantization writes nothing into the user's working directory
     with pytest.raises(ExportError) as exc:
         export_artifact(small_weights, "onnx", tmp_path / "out", precision="int8", calibration=str(class_folder),
                         drift_frames=0, progress=False)
     assert "agrees with float32 on 50.0% of held-out frames" in str(exc.value)
     assert "below --min-agreement 98%" in str(exc.value)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert not any(workdir.iterdir())
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -150,8 +150,10 @@ def draw_confusion(matrix: np.ndarray, labels: Sequence[str], title: str = "") -
 
 
 def save_confusion(matrix: np.ndarray, labels: Sequence[str], path: str | Path, title: str = "") -> Path:
+    from online_tsm.fileio import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), draw_confusion(matrix, labels, title)):
-        raise OSError(f"could not write the confusion matrix image {path}")
-    return path
+    ok, encoded = cv2.imencode(path.suffix or ".png", draw_confusion(matrix, labels, title))
+    if not ok:
+        raise OSError(f"could not encode the confusion matrix image {path} (an image suffix such as .png?)")
+    return atomic_write(path, encoded.tobytes())
