@@ -123,6 +123,7 @@ def prepare_out_dir(out_dir: str | os.PathLike, force: bool) -> Path:
     path = Path(out_dir).expanduser()
     if path.exists() and not path.is_dir():
         raise UserError(f"output path {path} exists and is not a folder")
+    _sweep_killed_exports(path)
     if path.is_dir() and any(path.iterdir()):
         if not force:
             raise UserError(f"output folder {path} already exists and is not empty; pass --force to replace it")
@@ -130,9 +131,51 @@ def prepare_out_dir(out_dir: str | os.PathLike, force: bool) -> Path:
             raise UserError(f"refusing to replace {path}: it is not a tsm-export artifact folder (expected a "
                             f"{MANIFEST_NAME} of format {ARTIFACT_FORMAT!r}); choose another -o")
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tsm-export-", dir=path.parent)) / path.name
+    holder = Path(tempfile.mkdtemp(prefix=f"{_holder_prefix(path)}", dir=path.parent))
+    (holder / OWNER_FILE).write_text(f"{os.getpid()}\n")
+    staging = holder / path.name
     staging.mkdir()
     return staging
+
+
+OWNER_FILE = "owner.pid"   # in a staging folder's holder: the exporting process
+
+
+def _holder_prefix(path: Path) -> str:
+    return f".{path.name}.tsm-export-"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True   # someone else's process
+    return True
+
+
+def _sweep_killed_exports(path: Path) -> None:
+    """Clear what an export killed outright (SIGKILL, power loss) left beside ``path``.
+
+    A staging folder is removed once the process that made it is gone; if
+    that process had already moved the previous export aside to publish the
+    new one, the previous export is put back first.  Folders without an
+    owner file, or whose owner still runs, are left alone.
+    """
+    if not path.parent.is_dir():
+        return
+    for holder in path.parent.glob(f"{_holder_prefix(path)}*"):
+        try:
+            pid = int((holder / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if _process_alive(pid):
+            continue
+        previous = holder / f"{path.name}.old"
+        if previous.is_dir() and not path.exists():
+            os.rename(previous, path)
+        shutil.rmtree(holder, ignore_errors=True)
 
 
 def publish_out_dir(staging: Path, out_dir: str | os.PathLike) -> Path:

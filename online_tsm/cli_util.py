@@ -6,9 +6,12 @@ expected, not forty lines of stack; ``--debug`` brings the stack back.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import signal
 import sys
-from typing import Callable, Sequence
+import threading
+from typing import Callable, Iterator, Sequence
 
 from online_tsm.errors import OnlineTSMError, UserError
 
@@ -75,16 +78,48 @@ def add_debug_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program was so that it unwinds (and cleans up) as on Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, ``timeout``, systemd) unwinds like Ctrl-C, so clean-up code runs.
+
+    Python's default for SIGTERM ends the process on the spot: an export's
+    staging folder or a half-written temporary file would stay behind.  Only
+    installed from the main thread over the default handler (commands that
+    handle SIGTERM themselves, like the demo, keep theirs).
+    """
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def run_cli(main: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser,
             argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, call ``main(args)`` and turn any exception into one ``error:`` line.
 
     Exit codes: 0 success (or what ``main`` returns), 2 bad input, 1 anything
-    unexpected, 130 on Ctrl-C.
+    unexpected, 130 on Ctrl-C, 143 on SIGTERM.
     """
     args = parser.parse_args(argv)
     try:
-        return int(main(args) or 0)
+        with _sigterm_as_interrupt():
+            return int(main(args) or 0)
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -10,6 +10,7 @@ import socket
 import numpy as np
 import pytest
 
+from online_tsm.cli_util import UserError
 from online_tsm.export import api as export_api
 from online_tsm.export.cli import main as export_main
 from online_tsm.export.manifest import ManifestError
@@ -176,3 +177,57 @@ def test_export_into_an_empty_existing_folder(small_weights, tmp_path):
     assert export_api.export_artifact(small_weights, "onnx", out, progress=False) == out
     assert (out / "manifest.json").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
 
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    return int(proc.stdout)
+
+
+def test_an_export_killed_outright_is_cleared_and_the_previous_artifact_put_back(small_weights, tmp_path):
+    out = tmp_path / "artifact"
+    export_api.export_artifact(small_weights, "onnx", out, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # what SIGKILL leaves in the middle of publishing a --force export: the old artifact moved aside, the new one
+    # staged, the folder owned by a process that is gone
+    killed = tmp_path / ".artifact.tsm-export-killed"
+    killed.mkdir()
+    (killed / "owner.pid").write_text(f"{_dead_pid()}\n")
+    os.rename(out, killed / "artifact.old")
+    (killed / "artifact").mkdir()
+    running = tmp_path / ".artifact.tsm-export-running"      # another export still at work: not ours to touch
+    running.mkdir()
+    (running / "owner.pid").write_text(f"{os.getpid()}\n")
+    unowned = tmp_path / ".artifact.tsm-export-unowned"      # no owner file: left alone
+    unowned.mkdir()
+
+    with pytest.raises(UserError, match="already exists and is not empty; pass --force"):
+        export_api.export_artifact(small_weights, "onnx", out, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before   # the previous export is back
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".artifact.tsm-export-running",
+                                                                 ".artifact.tsm-export-unowned", "artifact"])
+
+
+def test_sigterm_during_an_export_leaves_no_staging_folder(small_weights, tmp_path):
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "artifact"
+    tool = Path(sys.executable).parent / "tsm-export"
+    proc = subprocess.Popen([str(tool), "--weights", str(small_weights), "--target", "onnx", "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".artifact.tsm-export-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the export ended before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "terminated"
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []   # neither the artifact nor its staging folder
