@@ -104,19 +104,16 @@ def export_int8(model: Any, onnx_path: Path, manifest: Manifest, frames: np.ndar
             "classifier in float32")
         quantize_int8(fp32_dir / "model.onnx", feeds, int8_file)
         int8_dir = _folder_with(int8_file, manifest, Path(tmp) / "int8")
-        import torch
+        from online_tsm.torch_threads import torch_threads
 
-        torch_threads = torch.get_num_threads()
         # one thread each: two runtimes alternating frame by frame must not fight over the cores
-        try:
+        with torch_threads(1):
             with open_runtime(int8_dir, "onnxruntime", batched=False, threads=1) as int8_rt, \
                     open_runtime(model, "torch", threads=1) as torch_rt:
                 say(f"agreement: {len(data.held_out)} held-out clips through int8 and float32 PyTorch")
                 agreement = measure_agreement(int8_rt, torch_rt, data.held_out, data=data.description,
                                               drift_frames=DRIFT_FRAMES if drift_frames is None else drift_frames,
                                               progress=say)
-        finally:
-            torch.set_num_threads(torch_threads)
         for line in agreement.lines():
             say(line)
         if agreement.gate() < min_agreement:

@@ -29,7 +29,13 @@ def small_model(n_class: int = 8) -> MobileNetV2TSM:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("train")
-    assert cli.main(TINY + ["--out", str(out)]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert cli.main(TINY + ["--out", str(out)]) == 0
+        assert torch.get_num_threads() == 2  # --threads 1 was for the run only, not for the calling program
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 

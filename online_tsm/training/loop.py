@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from online_tsm.checkpoint import load_model, save_checkpoint
 from online_tsm.fileio import atomic_write
+from online_tsm.torch_threads import torch_threads
 from online_tsm.models import DEFAULT_SHIFT_BLOCKS, MobileNetV2TSM
 from online_tsm.preprocess import IMAGENET_MEAN, IMAGENET_STD, resize_size
 from online_tsm.shift import SHIFT_MODES
@@ -277,8 +278,11 @@ def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
 def train(cfg: TrainConfig) -> TrainResult:
     """Train, validate every epoch, keep the best checkpoint, and draw the confusion matrix."""
     cfg.validate()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    with torch_threads(cfg.threads):
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> TrainResult:
     torch.manual_seed(cfg.seed)
     # The input size decides how synthetic clips are rendered, so settle it before the data.
     input_size = cfg.input_size
@@ -470,8 +474,12 @@ def evaluate_checkpoint(weights: str, cfg: TrainConfig, split: str = "val", shif
     returned metrics say ``stream_mismatch`` when a model without a
     bidirectional shift streams to other logits than its clip model.
     """
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    with torch_threads(cfg.threads):
+        return _evaluate_checkpoint(weights, cfg, split, shift, confusion)
+
+
+def _evaluate_checkpoint(weights: str, cfg: TrainConfig, split: str, shift: str | None,
+                         confusion: str | Path | None) -> dict[str, Any]:
     model = load_model(weights)
     extra = model.info.extra
     trained_shift = str(extra.get("trained_shift", "causal"))
