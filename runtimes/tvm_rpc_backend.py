@@ -13,7 +13,8 @@ round-trips in the figure.
 TVM's client has no timeout of its own: a device that is switched off or a
 network that drops packets would block ``step`` forever.  Connecting and
 every step therefore wait at most ``timeout`` seconds (an option of the
-backend); after a step timed out the connection is in an unknown state and
+backend), and uploading the library that long plus its size at 2 Mbit/s;
+after a step timed out the connection is in an unknown state and
 the runtime refuses further steps.
 """
 from __future__ import annotations
@@ -35,6 +36,7 @@ from online_tsm.runtimes.tvm_backend import ENTRY, TvmRuntime
 
 DEFAULT_PORT = 9090
 DEFAULT_TIMEOUT_S = 10.0   # connect and per-step limit; a step of a small model over Wi-Fi takes milliseconds
+UPLOAD_BYTES_PER_S = 250_000   # the slowest link allowed for when uploading the library (2 Mbit/s)
 
 
 class RpcTimeoutError(OnlineTSMError, TimeoutError):
@@ -120,18 +122,27 @@ class TvmRpcRuntime(TvmRuntime):
         # Content-addressed name: two artifacts never overwrite each other on the device.
         remote_name = f"online_tsm_{self.artifact.manifest.files[self._library.name]['sha256'][:16]}.so"
         kind = self.artifact.target_kind()
-        try:
+
+        def load() -> tuple[Any, Any]:
             self.remote.upload(str(self._library), target=remote_name)
             lib = self.remote.load_module(remote_name)
             device = self.remote.cuda(device_id) if kind == "cuda" else self.remote.cpu(0)
-            self._vm = tvm.relax.VirtualMachine(lib, device)
+            vm = tvm.relax.VirtualMachine(lib, device)
+            if threads:
+                self.remote.get_function("runtime.config_threadpool")(1, int(threads))
+            return device, vm
+
+        limit = self.timeout + self._library.stat().st_size / UPLOAD_BYTES_PER_S
+        try:
+            device, self._vm = self._within_timeout(load, f"uploading and loading {self._library.name}", limit)
+        except RpcTimeoutError:
+            self._worker.shutdown()
+            raise
         except Exception as exc:  # noqa: BLE001
             self._worker.shutdown()
             raise RuntimeOpenError(f"the RPC server at {host}:{port} could not load {self._library.name}, which is "
                                    f"built for {arch} ({kind}): is the device {arch}? "
                                    f"({last_message_line(exc)})") from exc
-        if threads:
-            self.remote.get_function("runtime.config_threadpool")(1, int(threads))
         return device, f"{kind} ({arch}) device at {host}:{port}"
 
     def set_instrument(self, hook: Callable[..., int] | None) -> None:
@@ -159,16 +170,18 @@ class TvmRpcRuntime(TvmRuntime):
             raise RpcTimeoutError(self._broken)
         return self._within_timeout(lambda: TvmRuntime._run(self, frames, state), "a step")
 
-    def _within_timeout(self, work: Callable[[], Any], what: str) -> Any:
-        """Run ``work`` on the connection's thread; raise :class:`RpcTimeoutError` after ``self.timeout`` s."""
+    def _within_timeout(self, work: Callable[[], Any], what: str, limit: float | None = None) -> Any:
+        """Run ``work`` on the connection's thread; raise :class:`RpcTimeoutError` after ``limit`` s
+        (default ``self.timeout``)."""
         if threading.current_thread() is self._worker.thread:
             return work()  # already on the connection's thread (a step's own remote calls)
+        limit = self.timeout if limit is None else limit
         future = self._worker.submit(work)
         try:
-            return future.result(timeout=self.timeout)
+            return future.result(timeout=limit)
         except FutureTimeout:
             host, port = self.address
-            self._broken = (f"the TVM RPC server at {host}:{port} did not answer {what} within {self.timeout:g} s "
+            self._broken = (f"the TVM RPC server at {host}:{port} did not answer {what} within {limit:g} s "
                             "(device off, network down, or a model slower than that: pass a larger timeout=); "
                             "open a new runtime once it is reachable")
             raise RpcTimeoutError(self._broken) from None

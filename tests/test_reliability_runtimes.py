@@ -131,6 +131,24 @@ def test_tvm_rpc_step_times_out_when_the_device_stops_answering(small_artifact, 
         stop_rpc_server(proc)
 
 
+def test_tvm_rpc_upload_is_under_a_time_limit_too(small_artifact, tmp_path, monkeypatch):
+    import time
+
+    from tvm.rpc.client import RPCSession
+
+    from online_tsm.runtimes import tvm_rpc_backend
+
+    proc, port = start_rpc_server(tmp_path / "server.log")
+    try:
+        monkeypatch.setattr(tvm_rpc_backend, "UPLOAD_BYTES_PER_S", 1e12)   # the limit: the timeout itself
+        monkeypatch.setattr(RPCSession, "upload", lambda self, *args, **kwargs: time.sleep(5))  # a stalled link
+        with pytest.raises(RpcTimeoutError, match=rf"127.0.0.1:{port} did not answer uploading and loading "
+                                                  r"model.so within 1 s"):
+            open_runtime(small_artifact, "tvm-rpc", address=f"127.0.0.1:{port}", timeout=1)
+    finally:
+        stop_rpc_server(proc)
+
+
 # -- tsm-export --force -------------------------------------------------------------------------------------------
 def test_force_leaves_a_folder_with_a_foreign_manifest_alone(small_weights, tmp_path, capsys):
     web_app = tmp_path / "web"
