@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from online_tsm.cpuinfo import cpu_name
 from online_tsm.elf import normalize_arch
 
 # Elementwise ops: one FLOP per output element (ReLU6 is a Clip).
@@ -141,17 +142,6 @@ def current_rss_bytes() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name, as the OS reports it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "processor\t: arm")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 _X86_VENDORS = ("GenuineIntel", "AuthenticAMD", "HygonGenuine")
 
 
@@ -202,7 +192,7 @@ def machine_description() -> dict[str, Any]:
     except OSError:
         load = None
     return {
-        "cpu": cpu_model(),
+        "cpu": cpu_name(),
         "arch": platform.machine(),
         "logical_cores": os.cpu_count(),
         "physical_cores": psutil.cpu_count(logical=False),

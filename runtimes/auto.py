@@ -77,18 +77,10 @@ def cpu_model() -> str:
     Virtual machines often report only "AMD EPYC"; the family/model numbers and
     the flags (AVX-512, VNNI) tell a Zen 3 from a Zen 4 host under the same name.
     """
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, sep, value = line.partition(":")
-            if not sep:
-                if fields:
-                    break  # first processor only
-                continue
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    name = fields.get("model name") or platform.processor() or platform.machine()
+    from online_tsm.cpuinfo import cpu_name, first_processor
+
+    fields = first_processor()
+    name = cpu_name()
     ident = "/".join(fields.get(k, "") for k in ("cpu family", "model", "stepping")).strip("/")
     flags = fields.get("flags") or fields.get("Features") or ""
     digest = hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:8] if flags else "-"
