@@ -13,7 +13,6 @@ import hashlib
 import json
 import shutil
 import sys
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from online_tsm.cli_util import UserError
 from online_tsm.export.manifest import MANIFEST_NAME, ManifestError, load_manifest
 from online_tsm.models import MobileNetV2TSM
 from online_tsm.weights import cache_dir
@@ -86,8 +86,9 @@ def cached_artifact(model: MobileNetV2TSM, target: str, shift: str, export: Call
 
     ``export`` writes an artifact folder (manifest and files) and returns its
     path.  A cached folder whose manifest no longer verifies is rebuilt.
-    The build happens in a temporary folder that is renamed into place, so an
-    interrupted build never leaves a half-written artifact in the cache.
+    ``export`` must publish atomically, as ``tsm-export`` does (it builds in a
+    hidden sibling folder and renames it into place), so an interrupted build
+    never leaves a half-written artifact in the cache.
     """
     log = log or (lambda message: print(message, file=sys.stderr))
     digest = model_digest or model_hash(model)
@@ -104,13 +105,10 @@ def cached_artifact(model: MobileNetV2TSM, target: str, shift: str, export: Call
     log(f"building the {target} artifact ({'TSN, shift disabled' if shift == 'none' else 'TSM'}) -- "
         f"first run only, cached in {folder.parent}")
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".building-") as tmp:
-        built = Path(export(Path(tmp) / "artifact"))
-        load_manifest(built)
-        try:
-            built.rename(folder)
-        except OSError:  # another process cached it meanwhile
-            if not (folder / MANIFEST_NAME).is_file():
-                raise
+    try:
+        load_manifest(Path(export(folder)))  # tsm-export stages beside the folder and renames it into place
+    except UserError:
+        if not (folder / MANIFEST_NAME).is_file():  # unless another process cached it meanwhile
+            raise
     log(f"  built in {time.perf_counter() - start:.0f} s")
     return folder
