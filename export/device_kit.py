@@ -56,8 +56,7 @@ def add_device_kit(out: Path, manifest: Manifest, row: ExportTarget) -> dict[str
     name = script_name(row, manifest.target.get("library"))
     if name is None:
         return {}
-    tmp = out / f".{name}.tmp"
-    shutil.copyfile(TEMPLATE, tmp)
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, out / name)
+    # ``out`` is the export's staging folder, published as a whole: the copy needs no atomic rename of its own
+    shutil.copyfile(TEMPLATE, out / name)
+    os.chmod(out / name, 0o755)
     return {name: SCRIPT_ROLE}
