@@ -32,6 +32,7 @@ class BenchModel:
     tsn: MobileNetV2TSM
     weights: str          # what was asked for: a path or name, "default" or "paper"
     description: str      # where the weights came from, in words
+    trained: bool = True  # False for seeded random weights: speed is meaningful, int8 agreement is not
 
     @property
     def paper_setting(self) -> bool:
@@ -84,4 +85,5 @@ def paper_bench_model(input_size: int | None = None, seed: int = 0) -> BenchMode
         model = random_paper_model(seed, size)
         description = (f"paper setting: seeded random weights (seed {seed}) of the upstream MobileNetV2 TSM, "
                        "width 1.0: latency does not depend on weight values (Jester weights not in the local cache)")
+        return BenchModel(model, tsn_twin(model), PAPER_WEIGHTS, description, trained=False)
     return BenchModel(model, tsn_twin(model), PAPER_WEIGHTS, description)

@@ -315,7 +315,7 @@ def model_facts(bench: BenchModel, cfg: BenchConfig, digest: str) -> dict[str, A
     return {
         "weights": bench.weights, "weights_source": bench.description, "arch": "mobilenetv2-tsm",
         "input_size": tsm.input_size, "width_mult": tsm.width_mult, "n_class": tsm.n_class,
-        "paper_setting": bench.paper_setting, "hash": digest[:16],
+        "paper_setting": bench.paper_setting, "trained_weights": bench.trained, "hash": digest[:16],
         "params": facts.count_parameters(tsm), "graph": cost.to_dict(),
         "macs_per_frame": cost.macs, "flops_per_frame": cost.flops,
         "shift_buffers": len(buffers), "buffer_bytes": 4 * int(sum(np.prod(s) for s in buffers)),

@@ -5,7 +5,9 @@ re-run over the verification frames with the shift buffers carried by the
 manifest's names, and compared with ``reference.npz``.  Artifacts for other
 machines (aarch64, CUDA) are checked statically: every sha256 of the
 manifest, the ELF machine of the library (of each object in a ``.tar``) and,
-for CUDA targets, the device code of the target's architecture inside it.
+for CUDA targets, the device code of the target's architecture inside it;
+an fp16 CUDA library's numerics are recomputed with the same mixed-precision
+module compiled for this CPU.
 Numbers for those need the device, TVM RPC, or ``--emulate`` (aarch64 CPU
 targets under qemu, :mod:`online_tsm.export.emulate`).
 """
@@ -119,10 +121,32 @@ def _static(directory: Path, manifest: Manifest) -> VerifyResult:
         lines.append(f"CUDA device code: {len(cubins)} {arch} cubin(s)"
                      + (f" with {len(elf.cubin_kernel_names(directory / library, cubins[0]))} kernels" if ok
                         else " -- none found (kernels kept as source?): FAIL"))
+    if manifest.model.get("precision") == "fp16" and manifest.file_with_role("onnx"):
+        ok, line = recheck_fp16(directory, manifest)
+        passed &= ok
+        lines.append(line)
     lines.append(f"numerical verification of {name} needs the device (tsm-bench/runtimes over TVM RPC) "
                  + ("or --emulate (aarch64 under qemu)" if target.get("kind") == "cpu" else
                     "(CUDA kernels cannot run without an NVIDIA GPU)"))
     return VerifyResult(directory, name, "static", passed, lines=lines)
+
+
+def recheck_fp16(directory: Path, manifest: Manifest) -> tuple[bool, str]:
+    """The fp16 library's numerics, as far as this machine can show them: the same mixed-precision module
+    compiled for this CPU, against the stored float32 reference (the export's gate, recomputed)."""
+    from online_tsm.export.mixed_precision import FP16_TOLERANCE, fp16_agreement, passes, stream_fp16_llvm
+
+    reference = read_reference(directory / (manifest.file_with_role("reference") or "reference.npz"))
+    frames = frames_for(manifest, REFERENCE_FRAMES)
+    check = fp16_agreement(stream_fp16_llvm(directory / _role(manifest, "onnx", directory), manifest, frames),
+                           reference)
+    ok = passes(check)
+    stored = (manifest.model.get("fp16_check") or {}).get("relative_max_diff")
+    return ok, (f"fp16 numerics on this CPU (the same mixed-precision module for llvm), {check['frames']} frames: "
+                f"max |logit diff| {check['relative_max_diff']:.2%} of max |logit|"
+                + (f" (at export {stored:.2%})" if isinstance(stored, float) else "")
+                + f", top-1 agreement {check['top1_agreement']:.0%} (limits: {FP16_TOLERANCE:.0%}, and every frame): "
+                + ("PASS" if ok else "FAIL"))
 
 
 def verify_artifact(directory: str | Path, *, emulate: bool = False) -> VerifyResult:

@@ -233,6 +233,27 @@ def test_jetson_fp16_export_holds_sm53_cubin_and_records_numerics(small_weights,
     assert [s.name for s in manifest.inputs][0] == manifest.frame_input
     assert all(s.dtype == "float32" for s in manifest.inputs + manifest.outputs)
     assert "Precision: fp16 kernels with float32 accumulation" in (folder / "README.txt").read_text()
+    result = verify_artifact(folder)   # static checks, plus the fp16 numerics recomputed on this CPU
+    assert result.passed and any(line.startswith("fp16 numerics on this CPU") and line.endswith("PASS")
+                                 for line in result.lines), result.lines
+
+
+def test_verify_fails_fp16_numerics_that_drift(small_weights, tmp_path, monkeypatch):
+    """The recomputed fp16 check is a real gate: logits far from float32 fail verify."""
+    from online_tsm.export import mixed_precision
+    from online_tsm.export.reference import read_reference
+
+    folder = export_artifact(small_weights, "onnx", tmp_path / "fake-fp16", progress=False)
+    data = json.loads((folder / MANIFEST_NAME).read_text())
+    data["model"]["precision"] = "fp16"
+    (folder / MANIFEST_NAME).write_text(json.dumps(data))
+    reference = read_reference(folder / "reference.npz")
+    drifted = lambda onnx_path, manifest, frames: reference[:len(frames)][:, ::-1].copy()  # noqa: E731
+    monkeypatch.setattr(mixed_precision, "stream_fp16_llvm", drifted)
+    from online_tsm.export.verify import recheck_fp16
+
+    ok, line = recheck_fp16(folder, load_manifest(folder, verify_files=False))
+    assert not ok and line.endswith("FAIL")
 
 
 class _ScriptedRuntime:
