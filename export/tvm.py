@@ -190,9 +190,11 @@ def tune_cpu(mod, row: ExportTarget, target, trials_per_task: int, progress: Pro
     def waiting() -> None:
         progress(f"waiting for another tuning run that writes to {cache}")
 
-    with file_lock(cache / ".tune.lock", waiting), target:
-        relax.transform.MetaScheduleTuneIRMod(params={}, work_dir=str(cache),
-                                              max_trials_global=trials_per_task * n_tasks,
+    from online_tsm.export.tune_progress import tuning_progress
+
+    total = trials_per_task * n_tasks
+    with file_lock(cache / ".tune.lock", waiting), target, tuning_progress(cache, total, progress):
+        relax.transform.MetaScheduleTuneIRMod(params={}, work_dir=str(cache), max_trials_global=total,
                                               max_trials_per_task=trials_per_task)(fused)
     return cache
 

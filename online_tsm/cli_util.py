@@ -82,6 +82,11 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the program was so that it unwinds (and cleans up) as on Ctrl-C."""
 
 
+# Set when SIGTERM arrived: a library that catches the exception in a callback (TVM's FFI does) re-raises it as
+# another type, and the run still ended because it was told to.
+_TERMINATED = threading.Event()
+
+
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (``kill``, ``timeout``, systemd) unwinds like Ctrl-C, so clean-up code runs.
@@ -97,6 +102,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def interrupt(signum: int, frame: object) -> None:
+        _TERMINATED.set()
         raise Terminated
 
     signal.signal(signal.SIGTERM, interrupt)
@@ -114,6 +120,7 @@ def run_cli(main: Callable[[argparse.Namespace], int | None], parser: argparse.A
     unexpected, 130 on Ctrl-C, 143 on SIGTERM.
     """
     args = parser.parse_args(argv)
+    _TERMINATED.clear()
     try:
         with _sigterm_as_interrupt():
             return int(main(args) or 0)
@@ -124,6 +131,9 @@ def run_cli(main: Callable[[argparse.Namespace], int | None], parser: argparse.A
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 -- the point of this function
+        if _TERMINATED.is_set():
+            print("terminated", file=sys.stderr)
+            return 143
         if getattr(args, "debug", False):
             raise
         message = first_line(exc)

@@ -379,3 +379,29 @@ def test_readme_says_what_to_copy(export_cache, small_weights):
     assert "scp -r" in text and "apache-tvm" in text and "python3 run.py --json" in text
     manifest = json.loads((export_cache("small-jetson-nano", small_weights, "jetson-nano") / "manifest.json").read_text())
     assert manifest["files"]["README.txt"]["role"] == "readme"
+
+
+def test_tuning_progress_counts_measured_candidates_and_quiets_metaschedule(tmp_path):
+    """--tune's heartbeat: candidates measured so far (records appended by MetaSchedule), its console quiet."""
+    import logging
+    import time
+
+    from online_tsm.export.tune_progress import METASCHEDULE_LOGGER, RECORDS_FILE, tuning_progress
+
+    records = tmp_path / RECORDS_FILE
+    records.write_text("an earlier run's record\n")
+    said: list[str] = []
+    logger = logging.getLogger(METASCHEDULE_LOGGER)
+    level = logger.level
+    with tuning_progress(tmp_path, 8, said.append, interval_s=0.05):
+        assert logger.level == logging.WARNING
+        with open(records, "a") as fh:
+            fh.write("one\ntwo\n")
+        deadline = time.monotonic() + 10
+        while not any(line.startswith("tuning: 2 of 8 candidates measured") for line in said):
+            assert time.monotonic() < deadline, said
+            time.sleep(0.02)
+    assert logger.level == level
+    count = len(said)
+    time.sleep(0.2)
+    assert len(said) == count  # the heartbeat stopped with the block

@@ -464,3 +464,25 @@ def test_run_folders_never_overwrite(tmp_path):
 def test_train_cli_has_exist_ok():
     args = train_cli.train_parser().parse_args(["--data", "synthetic", "--exist-ok"])
     assert args.exist_ok is True
+
+
+def test_sigterm_ends_a_cli_as_terminated_even_when_a_library_rewraps_it(capsys):
+    """TVM's FFI turns an exception raised inside its callbacks into a RuntimeError; the run still ended on SIGTERM."""
+    import argparse
+    import os
+    import signal
+    import time
+
+    from online_tsm.cli_util import run_cli
+
+    def main(args: argparse.Namespace) -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises in here
+        except KeyboardInterrupt:
+            raise RuntimeError("error in a callback") from None
+        return 0
+
+    assert run_cli(main, argparse.ArgumentParser(), []) == 143
+    assert capsys.readouterr().err.strip() == "terminated"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back for the rest of the process
