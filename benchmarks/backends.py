@@ -68,7 +68,8 @@ def backend_availability() -> dict[str, str | None]:
             out[name] = None if importlib.util.find_spec("onnxruntime") else "onnxruntime not installed"
         elif plan.runtime == "auto":
             out[name] = runtimes.get("tvm")  # its artifact is the host export, which needs TVM to build
-        elif name == "tvm-tuned" and runtimes.get("tvm") is None and tuning_fingerprint(plan.target) is None:
+        elif plan.runtime == "tvm" and plan.tuned and runtimes.get("tvm") is None \
+                and tuning_fingerprint(plan.target) is None:
             out[name] = ("no tuning records for this CPU (tsm-export --target host --tune N makes them; "
                          "the tvm row uses the default schedules)")
         elif plan.runtime not in BACKENDS:

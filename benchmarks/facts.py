@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from online_tsm.cpuinfo import cpu_name
+from online_tsm.cpuinfo import cpu_name, cpuinfo_text
 from online_tsm.elf import normalize_arch
 
 # Elementwise ops: one FLOP per output element (ReLU6 is a Clip).
@@ -161,7 +161,7 @@ def emulation_evidence(status: str | None = None, cpuinfo: str | None = None,
             return ""
 
     status = read("/proc/self/status") if status is None else status
-    cpuinfo = read("/proc/cpuinfo") if cpuinfo is None else cpuinfo
+    cpuinfo = cpuinfo_text() if cpuinfo is None else cpuinfo
     machine = (machine or platform.machine()).lower()
     name = next((line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("Name:")), "")
     if name.startswith("qemu-"):

@@ -24,12 +24,10 @@ MIN_AGREEMENT = 0.98
 
 def has_vnni() -> bool:
     """True when the CPU multiplies uint8 x int8 natively (AVX-512 VNNI or AVX-VNNI)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = next((line for line in fh if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return "avx512_vnni" in flags.split() or "avx_vnni" in flags.split()
+    from online_tsm.cpuinfo import first_processor
+
+    flags = first_processor().get("flags", "").split()
+    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 def _check(number: int, text: str, reached: bool | None, measured: str, **extra: Any) -> dict[str, Any]:

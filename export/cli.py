@@ -107,7 +107,8 @@ def _export_main(args: argparse.Namespace) -> int:
         export = getattr(importlib.import_module(module), function)
     out = export(args.weights or _default_weights(), args.target, args.output, input_size=args.input_size,
                  opset=args.opset, fold_preprocess=args.fold_preprocess, tune=args.tune,
-                 tuning_records=args.tuning_records, force=args.force, shift=args.shift, progress=not args.quiet, camera_size=camera, color_order=args.camera_order,
+                 tuning_records=args.tuning_records, force=args.force, shift=args.shift, progress=not args.quiet,
+                 camera_size=camera, color_order=args.camera_order,
                  library=args.library, precision=args.precision, calibration=args.calibration,
                  min_agreement=args.min_agreement)
     print(out)

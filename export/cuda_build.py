@@ -119,7 +119,8 @@ def build(request: dict) -> dict:
                            "the library would not run on a GPU")
     kernels = elf.cubin_kernel_names(output, cubins[0])
     return {"notes": notes,
-            "device_code": {"format": "cubin", "arch": arch, "precision": request.get("precision", "fp32"), "compiler": f"NVRTC {nvrtc.nvrtc_version()}",
+            "device_code": {"format": "cubin", "arch": arch, "precision": request.get("precision", "fp32"),
+                            "compiler": f"NVRTC {nvrtc.nvrtc_version()}",
                             "kernels": len(kernels), "cubin_bytes": cubins[0].size,
                             "schedules": "dlight default GPU rules (Matmul, GEMV, Reduction, "
                                          "GeneralReduction, Fallback); no tuning"}}

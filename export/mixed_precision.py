@@ -56,6 +56,14 @@ def fp16_agreement(logits: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
             "tolerance": FP16_TOLERANCE, "accumulation": "float32", "boundaries": "float32"}
 
 
+def measure_fp16(onnx_path: Path, manifest: Any, frames: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+    """The fp16 check on this CPU: ``frames`` through the mixed-precision module, against float32 ``reference``.
+
+    What the export stores (and gates on) and what ``tsm-export verify`` recomputes.
+    """
+    return fp16_agreement(stream_fp16_llvm(onnx_path, manifest, frames), reference)
+
+
 def passes(check: dict[str, Any]) -> bool:
     """The export's gate: close to float32 and no frame changes its top-1 class."""
     return check["relative_max_diff"] <= FP16_TOLERANCE and check["top1_agreement"] >= FP16_MIN_TOP1

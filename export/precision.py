@@ -134,10 +134,10 @@ def export_int8(model: Any, onnx_path: Path, manifest: Manifest, frames: np.ndar
 def check_fp16(onnx_path: Path, manifest: Manifest, frames: np.ndarray, reference: np.ndarray,
                say: Callable[[str], None]) -> dict[str, Any]:
     """The fp16 GPU library's numerics, checked on this CPU; returns the manifest's ``fp16_check`` entry."""
-    from online_tsm.export.mixed_precision import FP16_TOLERANCE, fp16_agreement, passes, stream_fp16_llvm
+    from online_tsm.export.mixed_precision import FP16_TOLERANCE, measure_fp16, passes
 
     say(f"checking fp16 numerics: the same mixed-precision module built for this CPU, {len(frames)} streamed frames")
-    check = fp16_agreement(stream_fp16_llvm(onnx_path, manifest, frames), reference)
+    check = measure_fp16(onnx_path, manifest, frames, reference)
     say(f"fp16 vs float32 PyTorch: max |logit diff| {check['max_abs_diff']:.3f} "
         f"({check['relative_max_diff']:.1%} of max |logit|), top-1 agreement {check['top1_agreement']:.0%}")
     if not passes(check):

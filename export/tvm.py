@@ -308,16 +308,13 @@ def compile_library(onnx_path: Path, manifest: Manifest, row: ExportTarget, out_
                     library: str = "auto", tune: int = 0, progress: Progress = _quiet,
                     precision: str = "fp32", tuning_records: bool = True) -> CompiledLibrary:
     """Compile the artifact's ``model.onnx`` for ``row`` into ``out_dir`` (``precision="fp16"``: CUDA only)."""
-    builders = {"cpu": compile_cpu, "cuda": compile_cuda}
-    if row.kind not in builders:
-        raise ValueError(f"target {row.name} (kind {row.kind}) has no compiled library")
-    if precision == "fp16":
+    if row.kind == "cuda":
         return compile_cuda(onnx_path, manifest, row, out_dir, library=library, tune=tune, progress=progress,
                             precision=precision)
-    if row.kind == "cpu":
+    if row.kind == "cpu" and precision != "fp16":
         return compile_cpu(onnx_path, manifest, row, out_dir, library=library, tune=tune, progress=progress,
                            tuning_records=tuning_records)
-    return builders[row.kind](onnx_path, manifest, row, out_dir, library=library, tune=tune, progress=progress)
+    raise ValueError(f"target {row.name} (kind {row.kind}) has no {precision} compiled library")
 
 
 def tvm_versions() -> dict[str, str]:

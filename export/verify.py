@@ -38,7 +38,7 @@ class VerifyResult:
 def _numerical(directory: Path, manifest: Manifest, backend: str) -> VerifyResult:
     from online_tsm.runtimes import open_runtime
 
-    reference = read_reference(directory / (manifest.file_with_role("reference") or "reference.npz"))
+    reference = _reference(directory, manifest)
     frames = frames_for(manifest, REFERENCE_FRAMES)
     _role(manifest, "onnx" if backend == "onnxruntime" else "library", directory)  # a clear line when it is absent
     with open_runtime(directory, backend) as runtime:  # the same streaming loop users run
@@ -82,6 +82,11 @@ def _quantized(directory: Path, manifest: Manifest, actual: np.ndarray, referenc
                      f"of {agreement.get('clips')} clips' last frames ({agreement.get('data', '?')})")
     return VerifyResult(directory, manifest.target.get("name", "?"), "numerical (onnxruntime, int8)", passed,
                         got["max_abs_diff"], limit, lines)
+
+
+def _reference(directory: Path, manifest: Manifest) -> np.ndarray:
+    """The float32 PyTorch logits stored at export."""
+    return read_reference(directory / (manifest.file_with_role("reference") or "reference.npz"))
 
 
 def _role(manifest: Manifest, role: str, directory: Path) -> str:
@@ -134,12 +139,11 @@ def _static(directory: Path, manifest: Manifest) -> VerifyResult:
 def recheck_fp16(directory: Path, manifest: Manifest) -> tuple[bool, str]:
     """The fp16 library's numerics, as far as this machine can show them: the same mixed-precision module
     compiled for this CPU, against the stored float32 reference (the export's gate, recomputed)."""
-    from online_tsm.export.mixed_precision import FP16_TOLERANCE, fp16_agreement, passes, stream_fp16_llvm
+    from online_tsm.export.mixed_precision import FP16_TOLERANCE, measure_fp16, passes
 
-    reference = read_reference(directory / (manifest.file_with_role("reference") or "reference.npz"))
-    frames = frames_for(manifest, REFERENCE_FRAMES)
-    check = fp16_agreement(stream_fp16_llvm(directory / _role(manifest, "onnx", directory), manifest, frames),
-                           reference)
+    reference = _reference(directory, manifest)
+    check = measure_fp16(directory / _role(manifest, "onnx", directory), manifest,
+                         frames_for(manifest, REFERENCE_FRAMES), reference)
     ok = passes(check)
     stored = (manifest.model.get("fp16_check") or {}).get("relative_max_diff")
     return ok, (f"fp16 numerics on this CPU (the same mixed-precision module for llvm), {check['frames']} frames: "

@@ -1,10 +1,12 @@
 """What the OS says about this machine's CPU: its name, and the fields of its first processor (Linux).
 
-One reader of ``/proc/cpuinfo`` for the benchmark's machine line and for the
-key under which ``backend="auto"`` caches its measured choice.
+One reader of ``/proc/cpuinfo`` for the benchmark's machine line, its VNNI and
+emulation checks, and the key under which ``backend="auto"`` caches its
+measured choice.  Read once per process: the fields used here do not change.
 """
 from __future__ import annotations
 
+import functools
 import platform
 from pathlib import Path
 
@@ -12,7 +14,9 @@ CPUINFO = Path("/proc/cpuinfo")
 _NAME_KEYS = ("model name", "hardware", "processor\t: arm")   # x86, then ARM boards and old ARM kernels
 
 
-def _text() -> str:
+@functools.lru_cache(maxsize=1)
+def cpuinfo_text() -> str:
+    """``/proc/cpuinfo`` as text (empty where there is none)."""
     try:
         return CPUINFO.read_text()
     except OSError:
@@ -21,7 +25,7 @@ def _text() -> str:
 
 def cpu_name() -> str:
     """The CPU's marketing name (``AMD EPYC 9R14``, ``BCM2835``), else what ``platform`` knows."""
-    for line in _text().splitlines():
+    for line in cpuinfo_text().splitlines():
         if line.lower().startswith(_NAME_KEYS):
             return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
@@ -30,7 +34,7 @@ def cpu_name() -> str:
 def first_processor() -> dict[str, str]:
     """``key: value`` fields of the first processor block (empty where there is no ``/proc/cpuinfo``)."""
     fields: dict[str, str] = {}
-    for line in _text().splitlines():
+    for line in cpuinfo_text().splitlines():
         key, sep, value = line.partition(":")
         if not sep:
             if fields:
