@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PNG", help="write latency distributions and TSM-vs-TSN bars as a PNG")
     p.add_argument("--profile", action="store_true",
                    help="add a per-operator profile of TSM and TSN (ONNX Runtime's profiler): where the time goes")
+    p.add_argument("--no-head-to-head", action="store_true",
+                   help="skip the final pass that times every backend against the others in the same rounds "
+                        "(the pass the comparisons between backends are read from)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-roofline", action="store_true", help="omit the roofline bound rows")
     add_debug_flag(p)
@@ -67,7 +70,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     return BenchConfig(weights=args.weights, input_size=args.input_size, backends=backends, frames=args.frames,
                        warmup=args.warmup, threads=args.threads, streams=args.streams,
                        end_to_end=not args.no_end_to_end, rpc=args.rpc, target=args.target,
-                       progress=not args.no_progress and sys.stderr.isatty(), roofline=not args.no_roofline, profile=args.profile)
+                       progress=not args.no_progress and sys.stderr.isatty(), roofline=not args.no_roofline,
+                       profile=args.profile, head_to_head=not args.no_head_to_head)
 
 
 def emit(report: BenchReport | dict, *, json_path: str | None = None, markdown_path: str | None = None,

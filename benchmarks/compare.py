@@ -1,11 +1,13 @@
 """Several artifacts and backends timed against each other in one process, in interleaved rounds.
 
-``tsm-bench`` times one backend after another; on a machine shared with
-other work, minutes apart can mean different load, so a ratio between two
-rows carries that noise.  This times every contestant in the same rounds
-(A B C, C B A, ...) and reports each one's percentiles and its ratio to the
-first, which is what a claim like "int8 is 1.5x the plain ONNX Runtime loop"
-needs::
+On a machine shared with other work, minutes apart can mean different load,
+so a ratio between two things timed one after the other carries that noise.
+``tsm-bench`` therefore ends with a head-to-head pass over its own backends
+on its benchmark model; this tool does the same for any exports you name
+(your int8 artifact against your float32 one, say): every contestant in the
+same rounds (A B C, B C A, ...), each one's percentiles and its ratio to
+the first, which is what a claim like "int8 is 1.5x the plain ONNX Runtime
+loop" needs::
 
     python -m online_tsm.benchmarks.compare --threads 2 \\
         plain=EXPORT_FP32:ort-plain int8=EXPORT_INT8 fp32=EXPORT_FP32:onnxruntime

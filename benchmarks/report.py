@@ -81,6 +81,21 @@ def streams_rows(data: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+HEAD_TO_HEAD_HEADERS = ["Backend", "p50 (ms)", "p90 (ms)", "p99 (ms)", "Runs", "vs ort-plain", "vs fastest"]
+
+
+def head_to_head_rows(data: dict[str, Any]) -> list[list[str]]:
+    h2h = data.get("head_to_head") or {}
+    return [[r["backend"], _num(r["p50_ms"]), _num(r["p90_ms"]), _num(r["p99_ms"]), str(r["runs"]),
+             "-" if r["speedup_vs_plain_ort"] is None else f"{r['speedup_vs_plain_ort']:.2f}x",
+             f"{r['vs_fastest']:.2f}x"] for r in h2h.get("rows", [])]
+
+
+def _head_to_head_title(data: dict[str, Any]) -> str:
+    return (f"Head to head ({data['head_to_head']['timing']}); vs ort-plain above 1 is faster than the plain loop; "
+            "the targets compare backends with these figures")
+
+
 PROFILE_HEADERS = ["Operator", "TSM ms/frame", "TSN ms/frame", "TSM - TSN"]
 
 
@@ -138,15 +153,21 @@ PRECISION_HEADERS = ["Backend", "Precision", "p50 (ms)", "vs ort-plain p50", "to
 
 
 def precision_rows(data: dict[str, Any]) -> list[list[str]]:
-    """Each measured row's precision, its speed against the plain ORT float32 loop, and int8 agreement."""
-    plain = next((r for r in data["rows"] if r["backend"] == "ort-plain" and r["status"] == "ok"), None)
+    """Each measured row's precision, its speed against the plain ORT float32 loop, and int8 agreement.
+
+    Speeds come from the head-to-head pass when the run made one (every backend in the same rounds).
+    """
+    h2h = data.get("head_to_head")
+    p50 = ({r["backend"]: r["p50_ms"] for r in h2h["rows"]} if h2h else
+           {r["backend"]: r["tsm"]["p50_ms"] for r in data["rows"] if r["status"] == "ok" and r.get("tsm")})
+    plain = p50.get("ort-plain")
     rows = []
     for r in data["rows"]:
-        if r["status"] != "ok" or r.get("baseline"):
+        if r["status"] != "ok" or r.get("baseline") or r["backend"] not in p50:
             continue
         a = r.get("agreement") or {}
-        ratio = plain["tsm"]["p50_ms"] / r["tsm"]["p50_ms"] if plain else None
-        rows.append([r["backend"], r.get("precision", "fp32"), _num(r["tsm"]["p50_ms"]),
+        ratio = plain / p50[r["backend"]] if plain else None
+        rows.append([r["backend"], r.get("precision", "fp32"), _num(p50[r["backend"]]),
                      "-" if ratio is None else f"{ratio:.2f}x",
                      f"{a['top1_agreement_frames']:.1%} of {a['frames']}" if a else "-",
                      f"{a['top1_agreement_last_frame']:.1%} of {a['clips']}" if a else "-",
@@ -214,6 +235,8 @@ def render_terminal(data: dict[str, Any]) -> str:
     if st:
         parts += ["", "Batched streams (step_many) against the same streams stepped one after another",
                   format_table(STREAMS_HEADERS, st)]
+    if data.get("head_to_head"):
+        parts += ["", _head_to_head_title(data), format_table(HEAD_TO_HEAD_HEADERS, head_to_head_rows(data))]
     for prof in _profiles(data):
         parts += ["", _profile_title(prof), format_table(PROFILE_HEADERS, profile_rows(prof))]
     if data.get("rows"):
@@ -252,6 +275,9 @@ def render_markdown(data: dict[str, Any]) -> str:
     st = streams_rows(data)
     if st:
         parts += ["", "### Batched streams (`step_many`)", "", markdown_table(STREAMS_HEADERS, st)]
+    if data.get("head_to_head"):
+        parts += ["", f"### {_head_to_head_title(data)}", "",
+                  markdown_table(HEAD_TO_HEAD_HEADERS, head_to_head_rows(data))]
     for prof in _profiles(data):
         parts += ["", f"### {_profile_title(prof)}", "", markdown_table(PROFILE_HEADERS, profile_rows(prof))]
     if data.get("rows"):

@@ -55,6 +55,7 @@ class BenchConfig:
     progress: bool = True
     roofline: bool = True
     profile: bool = False               # per-operator profile of TSM and TSN (ONNX Runtime's profiler)
+    head_to_head: bool = True           # all backends again, in the same interleaved rounds (head_to_head.py)
 
     def check(self) -> None:
         if self.frames < 1:
@@ -123,6 +124,7 @@ class BenchReport:
     wall_s: float = 0.0
     notes: list[str] = field(default_factory=list)
     profile: dict[str, Any] | None = None
+    head_to_head: dict[str, Any] | None = None
 
     def row(self, backend: str) -> BackendResult | None:
         return next((r for r in self.rows if r.backend == backend and r.status == "ok"), None)
@@ -134,7 +136,8 @@ class BenchReport:
         return {"schema": SCHEMA, "created": self.created, "command": self.command, "wall_s": self.wall_s,
                 "machine": self.machine, "model": self.model, "settings": cfg,
                 "rows": [r.to_dict() for r in self.rows], "reference": self.reference, "bounds": self.bounds,
-                "targets": evaluate_targets(self), "notes": self.notes, "profile": self.profile}
+                "targets": evaluate_targets(self), "notes": self.notes, "profile": self.profile,
+                "head_to_head": self.head_to_head}
 
 
 def _say(message: str) -> None:
@@ -263,12 +266,13 @@ def _artifact(bench: BenchModel, target: str, shift: str, cfg: BenchConfig, dige
 
 
 def _run_one(plan: BackendPlan, bench: BenchModel, cfg: BenchConfig, machine_label: str, digest: str,
-             remote: RemoteSpec | None, images: list[np.ndarray]) -> BackendResult:
+             remote: RemoteSpec | None, images: list[np.ndarray]) -> tuple[BackendResult, Any]:
+    """The backend's row, and what its TSM runtime was opened from (for the head-to-head pass)."""
     result = BackendResult(plan.name, baseline=plan.baseline, precision=plan.precision)
     result.source = remote.source_label() if (plan.remote and remote) else f"measured here on {machine_label}"
+    sources: dict[str, Any] = {}
     try:
         target = remote.target if (plan.remote and remote) else plan.target
-        sources: dict[str, Any] = {}
         for variant, model in (("causal", bench.tsm), ("none", bench.tsn)):
             if target is None:
                 sources[variant] = model
@@ -303,7 +307,28 @@ def _run_one(plan: BackendPlan, bench: BenchModel, cfg: BenchConfig, machine_lab
         result.status = "error"
         result.reason = first_line(exc)[:300]
         _say(f"{plan.name}: error: {result.reason}")
-    return result
+    return result, sources.get("causal")
+
+
+def _head_to_head(contenders: list[tuple[BackendPlan, Any]], cfg: BenchConfig,
+                  images: list[np.ndarray]) -> dict[str, Any] | None:
+    """The TSM runtime of every backend measured here, opened again and timed in the same rounds."""
+    from online_tsm.benchmarks.head_to_head import time_head_to_head
+
+    _say(f"timing {', '.join(plan.name for plan, _ in contenders)} against each other in the same rounds ...")
+    opened: list[tuple[str, Runtime]] = []
+    try:
+        for plan, source in contenders:
+            opened.append((plan.name, open_for_plan(plan, source, cfg.threads, None)))
+        with _progress(len(opened) * cfg.frames, "head to head", cfg.progress) as tick:
+            return time_head_to_head(opened, images, samples=cfg.frames, warmup=cfg.warmup,
+                                     round_size=cfg.round_size, on_sample=tick)
+    except Exception as exc:  # noqa: BLE001 -- the rows are already measured; say why this part is missing
+        _say(f"head-to-head timing skipped: {first_line(exc)[:200]}")
+        return None
+    finally:
+        for _, rt in opened:
+            rt.close()
 
 
 def model_facts(bench: BenchModel, cfg: BenchConfig, digest: str) -> dict[str, Any]:
@@ -382,12 +407,17 @@ def run_benchmark(cfg: BenchConfig, command: str = "tsm-bench") -> BenchReport:
     images = camera_images()
     availability = backend_availability()
     rows = []
+    contenders: list[tuple[BackendPlan, Any]] = []
     for name in names:
         plan = BACKEND_PLANS[name]
         if availability[name]:
             rows.append(BackendResult(name, status="skipped", reason=str(availability[name]), baseline=plan.baseline))
             continue
-        rows.append(_run_one(plan, bench, cfg, label, digest, remote, images))
+        result, source = _run_one(plan, bench, cfg, label, digest, remote, images)
+        rows.append(result)
+        if result.status == "ok" and not plan.remote:
+            contenders.append((plan, source))
+    head_to_head = _head_to_head(contenders, cfg, images) if cfg.head_to_head and len(contenders) >= 2 else None
     tvm_ran = any(r.backend == "tvm" and r.status == "ok" for r in rows)
     profile = _profile(bench, cfg, digest, images, with_tvm=tvm_ran) if cfg.profile else None
     cost = model["graph"]
@@ -404,4 +434,5 @@ def run_benchmark(cfg: BenchConfig, command: str = "tsm-bench") -> BenchReport:
     return BenchReport(config=cfg, machine=machine, model=model, rows=rows,
                        reference=[r.to_dict() for r in PAPER_ROWS], bounds=bounds, command=command,
                        created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                       wall_s=time.perf_counter() - started, notes=notes, profile=profile)
+                       wall_s=time.perf_counter() - started, notes=notes, profile=profile,
+                       head_to_head=head_to_head)

@@ -169,7 +169,6 @@ def _open_database(row: ExportTarget, target_dict: dict[str, Any]):  # noqa: ANN
 def tune_cpu(mod, row: ExportTarget, target, trials_per_task: int, progress: Progress) -> Path:  # noqa: ANN001
     """MetaSchedule-tune every fused function here (``trials_per_task`` each); records go to the cache."""
     import tvm
-    from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     if row.cross:
@@ -190,12 +189,20 @@ def tune_cpu(mod, row: ExportTarget, target, trials_per_task: int, progress: Pro
     def waiting() -> None:
         progress(f"waiting for another tuning run that writes to {cache}")
 
+    from tvm.s_tir import meta_schedule as ms
+
+    from online_tsm.export.tune_build import candidate_builder, cost_model_name
     from online_tsm.export.tune_progress import tuning_progress
 
     total = trials_per_task * n_tasks
+    cost_model = cost_model_name()
+    if cost_model != "xgb":
+        progress("xgboost is not installed, so candidates are picked at random instead of by MetaSchedule's "
+                 "cost model; pip install 'online-tsm[tune]' for a better search in the same trials")
     with file_lock(cache / ".tune.lock", waiting), target, tuning_progress(cache, total, progress):
-        relax.transform.MetaScheduleTuneIRMod(params={}, work_dir=str(cache), max_trials_global=total,
-                                              max_trials_per_task=trials_per_task)(fused)
+        ms.relax_integration.tune_relax(fused, {}, target, str(cache), max_trials_global=total,
+                                        max_trials_per_task=trials_per_task, builder=candidate_builder(),
+                                        cost_model=cost_model)
     return cache
 
 

@@ -125,6 +125,30 @@ def test_targets_are_evaluated_without_pretending(report_data):
         assert t["reached"] in (True, False, None) and t["measured"]
 
 
+def test_every_backend_measured_here_is_timed_again_against_the_others(report_data):
+    """The head-to-head pass: each backend that ran here, TSM only, all in the same rounds; ratios from it."""
+    h2h = report_data["head_to_head"]
+    rows = {r["backend"]: r for r in h2h["rows"]}
+    assert set(rows) == {r["backend"] for r in report_data["rows"] if r["status"] == "ok"}
+    for r in rows.values():
+        assert r["runs"] == 6 and r["min_ms"] <= r["p50_ms"] <= r["p99_ms"]
+        assert r["speedup_vs_plain_ort"] == pytest.approx(rows["ort-plain"]["p50_ms"] / r["p50_ms"])
+        assert r["vs_fastest"] >= 1.0
+    assert min(r["vs_fastest"] for r in rows.values()) == 1.0
+    targets = {t["id"]: t for t in report_data["targets"]}
+    assert targets[3]["ratio"] == pytest.approx(rows["tvm"]["p50_ms"] / rows["onnxruntime"]["p50_ms"])
+    assert "(head to head)" in targets[2]["measured"] and "(head to head)" in targets[3]["measured"]
+    assert "Head to head" in render_terminal(report_data) and "### Head to head" in render_markdown(report_data)
+
+
+def test_without_the_head_to_head_pass_targets_say_the_rows_were_timed_apart(bench_env):
+    report = run_benchmark(small_config(bench_env, backends=["onnxruntime", "tvm"], streams=0, end_to_end=False,
+                                        head_to_head=False)).to_dict()
+    assert report["head_to_head"] is None
+    target = {t["id"]: t for t in report["targets"]}[3]
+    assert target["reached"] is not None and "(rows timed one after another)" in target["measured"]
+
+
 def test_profile_compares_tsm_and_tsn_per_op(report_data):
     prof = report_data["profile"]
     ops = {r["op"] for r in prof["by_op"]}

@@ -381,27 +381,69 @@ def test_readme_says_what_to_copy(export_cache, small_weights):
     assert manifest["files"]["README.txt"]["role"] == "readme"
 
 
-def test_tuning_progress_counts_measured_candidates_and_quiets_metaschedule(tmp_path):
-    """--tune's heartbeat: candidates measured so far (records appended by MetaSchedule), its console quiet."""
+def test_tuning_progress_counts_built_and_measured_candidates_and_quiets_metaschedule(tmp_path):
+    """--tune's heartbeat: candidates built (MetaSchedule's scheduler log) and measured (its records), console quiet."""
     import logging
     import time
 
-    from online_tsm.export.tune_progress import METASCHEDULE_LOGGER, RECORDS_FILE, tuning_progress
+    from online_tsm.export.tune_progress import METASCHEDULE_LOGGER, RECORDS_FILE, SCHEDULER_LOG, tuning_progress
 
     records = tmp_path / RECORDS_FILE
     records.write_text("an earlier run's record\n")
+    scheduler_log = tmp_path / SCHEDULER_LOG
+    scheduler_log.parent.mkdir()
+    scheduler_log.write_text("[INFO] [task_scheduler.cc:218] Sending 4 valid sample(s) to runner\n")  # earlier run
     said: list[str] = []
     logger = logging.getLogger(METASCHEDULE_LOGGER)
     level = logger.level
-    with tuning_progress(tmp_path, 8, said.append, interval_s=0.05):
-        assert logger.level == logging.WARNING
-        with open(records, "a") as fh:
-            fh.write("one\ntwo\n")
+
+    def wait_for(prefix: str) -> None:
         deadline = time.monotonic() + 10
-        while not any(line.startswith("tuning: 2 of 8 candidates measured") for line in said):
+        while not any(line.startswith(prefix) for line in said):
             assert time.monotonic() < deadline, said
             time.sleep(0.02)
+
+    with tuning_progress(tmp_path, 8, said.append, interval_s=0.05):
+        assert logger.level == logging.WARNING
+        with open(scheduler_log, "a") as fh:
+            fh.write("[INFO] [task_scheduler.cc:195] TaskScheduler picks Task #0\n"
+                     "[INFO] [task_scheduler.cc:218] Sending 2 valid sample(s) to runner\n"
+                     "[INFO] [task_scheduler.cc:218] Sending 1 valid sample(s) to runner\n")
+        wait_for("tuning: 3 of 8 candidates built, 0 measured")
+        with open(records, "a") as fh:
+            fh.write("one\ntwo\n")
+        wait_for("tuning: 3 of 8 candidates built, 2 measured")
     assert logger.level == level
     count = len(said)
     time.sleep(0.2)
     assert len(said) == count  # the heartbeat stopped with the block
+
+
+def test_tuning_candidates_compile_in_metaschedules_worker_processes():
+    """--tune's builder (without the stock builder's 20 s intrinsics import) compiles a candidate that computes."""
+    import numpy as np
+    import tvm
+    from tvm import te
+    from tvm.s_tir import meta_schedule as ms
+
+    from online_tsm.export.tune_build import candidate_builder
+
+    a = te.placeholder((1, 3, 3, 8), name="a")
+    b = te.compute((1, 8, 3, 3), lambda n, c, h, w: a[n, h, w, c] * 2.0, name="b")
+    mod = tvm.IRModule({"main": te.create_prim_func([a, b])})
+    (result,) = candidate_builder().build([ms.builder.BuilderInput(mod, tvm.target.Target("llvm"))])
+    assert result.error_msg is None, result.error_msg
+    lib = tvm.runtime.load_module(result.artifact_path)
+    x = np.random.RandomState(0).rand(1, 3, 3, 8).astype("float32")
+    y = tvm.runtime.tensor(np.zeros((1, 8, 3, 3), "float32"))
+    lib["main"](tvm.runtime.tensor(x), y)
+    np.testing.assert_array_equal(y.numpy(), 2.0 * x.transpose(0, 3, 1, 2))
+
+
+def test_tuning_uses_the_cost_model_that_is_installed(monkeypatch):
+    from online_tsm.export import tune_build
+
+    monkeypatch.setattr(tune_build.importlib.util, "find_spec", lambda name: None)
+    assert tune_build.cost_model_name() == "random"
+    monkeypatch.setattr(tune_build.importlib.util, "find_spec", lambda name: object())
+    assert tune_build.cost_model_name() == "xgb"
