@@ -408,6 +408,7 @@ def run_benchmark(cfg: BenchConfig, command: str = "tsm-bench") -> BenchReport:
     availability = backend_availability()
     rows = []
     contenders: list[tuple[BackendPlan, Any]] = []
+    row_notes: list[str] = []
     for name in names:
         plan = BACKEND_PLANS[name]
         if availability[name]:
@@ -417,13 +418,17 @@ def run_benchmark(cfg: BenchConfig, command: str = "tsm-bench") -> BenchReport:
         rows.append(result)
         if result.status == "ok" and not plan.remote:
             contenders.append((plan, source))
+        if result.status == "ok" and "tuning records ran slower" in result.description:
+            row_notes.append(f"{plan.name}: this CPU's --tune records ran slower than the default schedules when "
+                               "the library was built, so it runs the default schedules (more --tune trials may "
+                               "find faster ones)")
     head_to_head = _head_to_head(contenders, cfg, images) if cfg.head_to_head and len(contenders) >= 2 else None
     tvm_ran = any(r.backend == "tvm" and r.status == "ok" for r in rows)
     profile = _profile(bench, cfg, digest, images, with_tvm=tvm_ran) if cfg.profile else None
     cost = model["graph"]
     bounds = roofline_rows(cost["flops"], cost["compulsory_bytes"]) if cfg.roofline else []
     notes = [f"peak resident memory of the benchmark process: {facts.peak_rss_bytes() / 2**20:.0f} MB "
-             "(all backends loaded one after another)"]
+             "(all backends loaded one after another)", *row_notes]
     if cfg.threads is None and tvm_ran:
         notes.append(f"TVM ran {tvm_default_threads()} threads (this machine's physical cores): its own default on "
                      "x86 is half the logical CPUs, which assumes hyper-threading")

@@ -55,6 +55,16 @@ def _precision_lines(manifest: Manifest) -> list[str]:
     return []
 
 
+def _schedule_lines(manifest: Manifest) -> list[str]:
+    """Which schedules a host build with this CPU's --tune records shipped, and the timing that decided it."""
+    tuning = (manifest.target or {}).get("tuning") or {}
+    timed = tuning.get("ms_per_frame_here")
+    if not timed:
+        return []
+    return [f"Schedules: {tuning['schedules']} (timed on the exporting CPU: {timed['tuned']:.2f} ms/frame with its "
+            f"--tune records, {timed['default']:.2f} ms with the default schedules; manifest: target.tuning)."]
+
+
 def artifact_readme(manifest: Manifest, row: ExportTarget, folder: str = "ARTIFACT",
                     files: Sequence[str] | None = None, roles: dict[str, str] | None = None) -> str:
     """The folder's README.txt; ``files``: the folder's files besides manifest.json (default: the manifest's);
@@ -84,6 +94,7 @@ def artifact_readme(manifest: Manifest, row: ExportTarget, folder: str = "ARTIFA
         f"Output {manifest.logits_output}: [1, {manifest.model.get('n_class')}] class scores; labels in manifest.json.",
         *_pace_lines(manifest),
         *_precision_lines(manifest),
+        *_schedule_lines(manifest),
         "",
         "On the device:",
         steps.rstrip("\n"),

@@ -244,6 +244,8 @@ def compile_cpu(onnx_path: Path, manifest: Manifest, row: ExportTarget, out_dir:
     progress(f"compiling for {row.name} ({target_dict.get('mcpu', 'generic')}"
              f"{', with tuning records' if used else ', default schedules'})")
     executable = tvm.compile(mod, target, relax_pipeline=cpu_pipeline(target, database))
+    if database is not None and not row.cross:
+        executable = _faster_of_tuned_and_default(executable, mod, target, manifest, tuning, progress)
     progress(f"compiled in {time.perf_counter() - start:.1f} s; {'linking' if suffix == '.so' else 'archiving'}")
     path = out_dir / f"model{suffix}"
     try:
@@ -254,6 +256,74 @@ def compile_cpu(onnx_path: Path, manifest: Manifest, row: ExportTarget, out_dir:
         notes.append(_tar_note(row))
     return CompiledLibrary(path.name, target_dict, row.tvm_host, linker if suffix == ".so" else None,
                            tuning=tuning, notes=notes)
+
+
+TIMING_ROUNDS = 6        # alternating rounds when a tuned build is timed against the default schedules
+FRAMES_PER_ROUND = 10
+
+
+def _faster_of_tuned_and_default(tuned, mod, target, manifest: Manifest, tuning: dict[str, Any],  # noqa: ANN001
+                                 progress: Progress):  # noqa: ANN202
+    """The tuned build, unless the default schedules run faster here; ``tuning`` says which and by how much.
+
+    Tuning records hold the best candidate MetaSchedule *measured*, not the
+    best schedule there is: a short search (``--tune 2``) can leave a
+    function slower than the hand-written default schedule it replaces (the
+    default model ran 2.4x slower with 2 trials per function).  So a host
+    build with records is timed against one without, on this CPU, and the
+    faster one ships.
+    """
+    import tvm
+
+    progress("timing the tuned build against the default schedules on this CPU")
+    default = tvm.compile(mod, target, relax_pipeline=cpu_pipeline(target, None))
+    ms_per_frame = time_executables({"tuned": tuned, "default": default}, input_specs(manifest))
+    tuning["ms_per_frame_here"] = ms_per_frame
+    winner = "tuned" if ms_per_frame["tuned"] <= ms_per_frame["default"] else "default"
+    tuning["schedules"] = winner
+    comparison = (f"{ms_per_frame['tuned']:.2f} ms/frame tuned vs {ms_per_frame['default']:.2f} ms with the default "
+                  "schedules, timed here")
+    if winner == "default":
+        tuning["records"] = (f"not used: slower than the default schedules ({comparison}); more --tune trials may "
+                             "find faster ones")
+    progress(f"{winner} schedules kept: {comparison}")
+    return tuned if winner == "tuned" else default
+
+
+def time_executables(executables: dict[str, Any], inputs: dict[str, tuple[list[int], str]]) -> dict[str, float]:
+    """Median ms per frame of each compiled Relax executable on this CPU, timed in alternating rounds.
+
+    The inputs are zeros (a convolution network's time does not depend on
+    the values); the rounds alternate their order so a busy moment of the
+    machine hits every build alike.  Each build is timed from a linked copy,
+    as the runtime loads it: a virtual machine made on the in-memory
+    executable itself changes what it later writes (TVM then warns for
+    every function on saving and loading).
+    """
+    import tempfile
+
+    import tvm
+
+    from online_tsm.runtimes.tvm_backend import ENTRY, config_threadpool_keeping_affinity, default_threads
+
+    config_threadpool_keeping_affinity(tvm, default_threads())
+    device = tvm.cpu()
+    machines = {}
+    with tempfile.TemporaryDirectory(prefix="online-tsm-timing-") as tmp:
+        for name, executable in executables.items():
+            path = Path(tmp) / f"{name}.so"
+            executable.export_library(str(path))
+            vm = tvm.relax.VirtualMachine(tvm.runtime.load_module(str(path)), device)
+            vm.set_input(ENTRY, *(tvm.runtime.tensor(np.zeros(shape, dtype), device)
+                                  for shape, dtype in inputs.values()))
+            vm.time_evaluator("invoke_stateful", device, number=3, repeat=1)(ENTRY)   # warm-up
+            machines[name] = vm
+        samples: dict[str, list[float]] = {name: [] for name in machines}
+        for turn in range(TIMING_ROUNDS):
+            for name in (list(machines) if turn % 2 == 0 else list(reversed(machines))):
+                timer = machines[name].time_evaluator("invoke_stateful", device, number=FRAMES_PER_ROUND, repeat=1)
+                samples[name].append(timer(ENTRY).mean * 1e3)
+    return {name: round(float(np.median(values)), 3) for name, values in samples.items()}
 
 
 def _choose_suffix(row: ExportTarget, linker: str | None, library: str) -> str:

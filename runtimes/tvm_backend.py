@@ -73,6 +73,16 @@ def import_tvm() -> Any:
     return tvm
 
 
+def _schedules_note(target: dict[str, Any] | None) -> str:
+    """Which schedules a host library runs when tuning records were there at export (see export.tvm)."""
+    schedules = ((target or {}).get("tuning") or {}).get("schedules")
+    if schedules == "tuned":
+        return ", tuned schedules"
+    if schedules == "default":
+        return ", default schedules (this CPU's tuning records ran slower at export)"
+    return ""
+
+
 def default_threads() -> int:
     """Threads for TVM's CPU pool when none are asked for: this machine's physical cores.
 
@@ -103,7 +113,8 @@ class TvmRuntime(Runtime):
         self.device, where = self._open(device_id, threads)
         self._frame = tvm.runtime.empty(tuple(fields["frame_shape"]), fields["frame_dtype"], self.device)
         self._zeros = [tvm.runtime.tensor(np.zeros(b.shape, np.dtype(b.dtype)), self.device) for b in m.buffers]
-        super().__init__(**fields, description=f"TVM {tvm.__version__} Relax VM, {self._library.name} on {where}")
+        super().__init__(**fields, description=f"TVM {tvm.__version__} Relax VM, {self._library.name} on {where}"
+                                               f"{_schedules_note(m.target)}")
 
     # -- loading: local here, remote in the RPC backend ------------------------------------------
     def _open(self, device_id: int, threads: int | None) -> tuple[Any, str]:

@@ -374,6 +374,59 @@ def test_default_schedules_can_be_asked_for_when_tuning_records_exist(export_cac
     assert opened == ["host"]
 
 
+@pytest.mark.parametrize("tuned_ms, kept", [(1.0, "tuned"), (2.0, "default")])
+def test_a_tuned_host_build_ships_only_if_it_is_faster_than_the_default_schedules(export_cache, small_weights,
+                                                                                  tmp_path, monkeypatch, tuned_ms,
+                                                                                  kept):
+    """A short --tune can find schedules slower than the defaults; the export then keeps the defaults and says so."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from online_tsm.export import tvm as export_tvm
+
+    artifact = export_cache("small-host", small_weights, "host")
+    monkeypatch.setattr(export_tvm, "_open_database",
+                        lambda row, target: (ms.database.MemoryDatabase(), ["/records/for/this/cpu"]))
+    timed = []
+
+    def fake_timing(executables, inputs):
+        timed.append(sorted(executables))
+        assert set(inputs) == {s.name for s in load_manifest(artifact).inputs}
+        return {"tuned": tuned_ms, "default": 1.5}
+
+    monkeypatch.setattr(export_tvm, "time_executables", fake_timing)
+    said: list[str] = []
+    built = export_tvm.compile_cpu(artifact / "model.onnx", load_manifest(artifact), get_target("host"), tmp_path,
+                                   progress=said.append)
+    assert timed == [["default", "tuned"]] and built.tuning["schedules"] == kept
+    assert built.tuning["ms_per_frame_here"] == {"tuned": tuned_ms, "default": 1.5}
+    assert any(line.startswith(f"{kept} schedules kept: {tuned_ms:.2f} ms/frame tuned vs 1.50 ms") for line in said)
+    assert ("records" in built.tuning) == (kept == "default")
+    if kept == "default":
+        assert built.tuning["records"].startswith("not used: slower than the default schedules")
+    from online_tsm.export.readme import artifact_readme
+    from online_tsm.export.manifest import Manifest
+
+    manifest = load_manifest(artifact)
+    shipped = Manifest(**{**vars(manifest), "target": {**manifest.target, "tuning": built.tuning}})
+    assert f"Schedules: {kept} (timed on the exporting CPU: {tuned_ms:.2f} ms/frame" in artifact_readme(
+        shipped, get_target("host"))
+
+
+def test_builds_are_timed_against_each_other_on_this_cpu(export_cache, small_weights):
+    import tvm
+
+    from online_tsm.export import tvm as export_tvm
+
+    artifact = export_cache("small-host", small_weights, "host")
+    manifest = load_manifest(artifact)
+    row = get_target("host")
+    target = export_tvm.tvm_target_object(row)
+    mod = export_tvm.relax_from_onnx(artifact / "model.onnx", export_tvm.input_specs(manifest))
+    executable = tvm.compile(mod, target, relax_pipeline=export_tvm.cpu_pipeline(target))
+    ms_per_frame = export_tvm.time_executables({"a": executable, "b": executable}, export_tvm.input_specs(manifest))
+    assert set(ms_per_frame) == {"a", "b"} and all(v > 0 for v in ms_per_frame.values())
+
+
 def test_readme_says_what_to_copy(export_cache, small_weights):
     text = (export_cache("small-raspberry-pi-4", small_weights, "raspberry-pi-4") / "README.txt").read_text()
     assert "scp -r" in text and "apache-tvm" in text and "python3 run.py --json" in text
@@ -447,3 +500,45 @@ def test_tuning_uses_the_cost_model_that_is_installed(monkeypatch):
     assert tune_build.cost_model_name() == "random"
     monkeypatch.setattr(tune_build.importlib.util, "find_spec", lambda name: object())
     assert tune_build.cost_model_name() == "xgb"
+
+
+def test_a_second_tuning_run_on_the_same_records_waits_for_the_first(export_cache, small_weights, tmp_path,
+                                                                     monkeypatch):
+    """MetaSchedule's record files are appended by line number: two runs at once would interleave them."""
+    import threading
+    import time
+
+    from tvm.s_tir.meta_schedule import relax_integration
+
+    from online_tsm.export import tvm as export_tvm
+    from online_tsm.fileio import file_lock
+
+    artifact = export_cache("small-host", small_weights, "host")
+    row = get_target("host")
+    monkeypatch.setattr(export_tvm, "tuning_dir", lambda row, target: tmp_path / "records")
+    events: list[str] = []
+    monkeypatch.setattr(relax_integration, "tune_relax", lambda *args, **kwargs: events.append("tuned"))
+    holding, release = threading.Event(), threading.Event()
+
+    def first_run() -> None:
+        with file_lock(tmp_path / "records" / ".tune.lock"):
+            holding.set()
+            release.wait(30)
+            events.append("first run done")
+
+    holder = threading.Thread(target=first_run)
+    holder.start()
+    assert holding.wait(30)
+    said: list[str] = []
+
+    def progress(line: str) -> None:
+        said.append(line)
+        if line.startswith("waiting for another tuning run"):
+            time.sleep(0.2)
+            release.set()
+
+    mod = export_tvm.relax_from_onnx(artifact / "model.onnx", export_tvm.input_specs(load_manifest(artifact)))
+    export_tvm.tune_cpu(mod, row, export_tvm.tvm_target_object(row), 1, progress)
+    holder.join(30)
+    assert events == ["first run done", "tuned"]
+    assert any(line == f"waiting for another tuning run that writes to {tmp_path / 'records'}" for line in said)

@@ -189,3 +189,15 @@ def test_available_backends_says_why_not(small_artifact):
         import tensorrt  # noqa: F401
     except ImportError:
         assert "online-tsm[jetson]" in available_backends()["tensorrt"]
+
+
+@pytest.mark.parametrize("tuning, said", [
+    (None, ""),
+    ({"trials_per_task": 0, "record_databases": []}, ""),
+    ({"schedules": "tuned"}, ", tuned schedules"),
+    ({"schedules": "default"}, ", default schedules (this CPU's tuning records ran slower at export)"),
+])
+def test_a_tvm_runtime_says_which_schedules_its_library_runs(tuning, said):
+    from online_tsm.runtimes.tvm_backend import _schedules_note
+
+    assert _schedules_note({"tuning": tuning} if tuning is not None else {}) == said
