@@ -310,6 +310,16 @@ def _run_one(plan: BackendPlan, bench: BenchModel, cfg: BenchConfig, machine_lab
     return result, sources.get("causal")
 
 
+def _ships_default_schedules(source: Any) -> bool:
+    """True for a TVM host artifact whose export found this CPU's tuning records slower than the defaults."""
+    if not isinstance(source, Path) or not (source / "manifest.json").is_file():
+        return False
+    from online_tsm.export.manifest import load_manifest
+
+    tuning = (load_manifest(source).target or {}).get("tuning") or {}
+    return tuning.get("schedules") == "default"
+
+
 def _head_to_head(contenders: list[tuple[BackendPlan, Any]], cfg: BenchConfig,
                   images: list[np.ndarray]) -> dict[str, Any] | None:
     """The TSM runtime of every backend measured here, opened again and timed in the same rounds."""
@@ -418,7 +428,7 @@ def run_benchmark(cfg: BenchConfig, command: str = "tsm-bench") -> BenchReport:
         rows.append(result)
         if result.status == "ok" and not plan.remote:
             contenders.append((plan, source))
-        if result.status == "ok" and "tuning records ran slower" in result.description:
+        if result.status == "ok" and plan.tuned and _ships_default_schedules(source):
             row_notes.append(f"{plan.name}: this CPU's --tune records ran slower than the default schedules when "
                                "the library was built, so it runs the default schedules (more --tune trials may "
                                "find faster ones)")

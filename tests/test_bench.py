@@ -315,3 +315,20 @@ def test_artifact_key_follows_the_exporter_source(monkeypatch):
     before = artifacts.artifact_key("m", "host", "causal")
     monkeypatch.setattr(artifacts, "exporter_digest", lambda: "another schedule")
     assert artifacts.artifact_key("m", "host", "causal") != before
+
+
+def test_a_tuned_row_is_flagged_when_its_export_kept_the_default_schedules(export_cache, small_weights, tmp_path):
+    import json
+    import shutil
+
+    from online_tsm.benchmarks.suite import _ships_default_schedules
+
+    artifact = tmp_path / "host"
+    shutil.copytree(export_cache("small-host", small_weights, "host"), artifact)
+    assert not _ships_default_schedules(artifact)           # no tuning records were there at export
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    for kept, flagged in (("tuned", False), ("default", True)):
+        manifest["target"]["tuning"] = {"schedules": kept, "ms_per_frame_here": {"tuned": 1.0, "default": 1.0}}
+        (artifact / "manifest.json").write_text(json.dumps(manifest))
+        assert _ships_default_schedules(artifact) is flagged
+    assert not _ships_default_schedules(tmp_path / "missing") and not _ships_default_schedules(object())
