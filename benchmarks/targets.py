@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from online_tsm.runtimes.int8_cpu import has_vnni
+
 if TYPE_CHECKING:
     from online_tsm.benchmarks.suite import BenchReport
 
@@ -22,14 +24,6 @@ INT8_VS_PLAIN_AVX2 = 1.2     # ... and on AVX2 CPUs without it
 AUTO_SLACK = 0.05
 SHIFT_MOVEMENT_LIMIT = 0.03
 MIN_AGREEMENT = 0.98
-
-
-def has_vnni() -> bool:
-    """True when the CPU multiplies uint8 x int8 natively (AVX-512 VNNI or AVX-VNNI)."""
-    from online_tsm.cpuinfo import first_processor
-
-    flags = first_processor().get("flags", "").split()
-    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 def comparable_p50(report: "BenchReport") -> tuple[dict[str, float], str]:

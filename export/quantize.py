@@ -65,8 +65,13 @@ def record_feeds(runtime: Runtime, clips: Sequence[CalibrationClip]) -> list[dic
     return feeds
 
 
-def quantize_int8(fp32_onnx: Path, feeds: list[dict[str, np.ndarray]], out: Path) -> None:
-    """Write the U8S8 QDQ model of ``fp32_onnx`` calibrated on ``feeds`` (percentile ranges) to ``out``."""
+def quantize_int8(fp32_onnx: Path, feeds: list[dict[str, np.ndarray]], out: Path, *,
+                  seven_bit_weights: bool = False) -> None:
+    """Write the U8S8 QDQ model of ``fp32_onnx`` calibrated on ``feeds`` (percentile ranges) to ``out``.
+
+    ``seven_bit_weights`` quantizes the weights to [-64, 64] (ORT's ``reduce_range``), which CPUs whose int8
+    kernels saturate need (:mod:`online_tsm.runtimes.int8_cpu`).
+    """
     import contextlib
     import io
 
@@ -104,7 +109,7 @@ def quantize_int8(fp32_onnx: Path, feeds: list[dict[str, np.ndarray]], out: Path
         with contextlib.redirect_stdout(io.StringIO()):  # ORT prints its percentile settings
             quantize_static(str(fp32_onnx), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.Percentile, nodes_to_exclude=classifier,
+                            reduce_range=seven_bit_weights, calibrate_method=CalibrationMethod.Percentile, nodes_to_exclude=classifier,
                             extra_options={"ActivationSymmetric": False, "CalibPercentile": PERCENTILE,
                                            "CalibStridedMinMax": chunk})
     finally:

@@ -42,3 +42,9 @@ def first_processor() -> dict[str, str]:
             continue
         fields.setdefault(key.strip(), value.strip())
     return fields
+
+
+def cpu_flags() -> frozenset[str]:
+    """The first processor's feature flags (x86 ``flags``, ARM ``Features``); empty where the OS lists none."""
+    fields = first_processor()
+    return frozenset((fields.get("flags") or fields.get("Features") or "").split())

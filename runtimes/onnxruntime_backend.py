@@ -72,6 +72,20 @@ class _StreamState:
         return self.sets[self.phase].arrays
 
 
+def _warn_if_int8_overflows_here(model: dict[str, Any]) -> None:
+    """An 8-bit int8 model on a CPU whose int8 kernels saturate: its stored agreement does not hold here."""
+    from online_tsm.runtimes.int8_cpu import int8_kernels, int8_kernels_saturate
+
+    quantization = model.get("quantization")
+    if model.get("precision") != "int8" or not quantization or quantization.get("weight_bits", 8) != 8:
+        return   # float, 7-bit weights, or an export's own half-made model (measured where it is made)
+    if int8_kernels_saturate():
+        warnings.warn(f"this int8 model has 8-bit weights, which overflow ONNX Runtime's int8 kernels on this CPU "
+                      f"({int8_kernels()}); its predictions agree with float32 far less here than its manifest "
+                      "says. Re-export it on this machine (tsm-export --precision int8 then uses 7-bit weights) "
+                      "or use the float32 export", RuntimeWarning, stacklevel=3)
+
+
 class OnnxRuntimeRuntime(Runtime):
     backend = "onnxruntime"
 
@@ -87,6 +101,7 @@ class OnnxRuntimeRuntime(Runtime):
         self._buffer_shapes = [tuple(b.shape) for b in m.buffers]
         self._buffer_dtypes = [b.dtype for b in m.buffers]
         self._threads = threads
+        _warn_if_int8_overflows_here(m.model)
         self._sessions: dict[str, Any] = {"single": self._make_session(str(self._onnx_path), profile)}
         self._batched_ok = batched
         self._batch_states: dict[int, _StreamState] = {}

@@ -285,3 +285,57 @@ def test_agreement_reports_last_frame_and_clip_accuracy_apart():
     assert (a.clip_accuracy_fp32, a.clip_accuracy_int8) == (0.5, 1.0)
     assert a.top1_agreement_frames == pytest.approx(4 / 6) and a.top1_agreement_last_frame == 1.0
     assert any("averaged over its frames" in line and "float32 50.0%, int8 100.0%" in line for line in a.lines())
+
+
+@pytest.mark.parametrize("flags, saturates, vnni", [
+    ({"avx2", "fma"}, True, False),                        # Zen 3, Haswell
+    ({"avx2", "avx512bw"}, True, False),                   # Skylake-X: AVX-512 without VNNI
+    ({"avx2", "avx512bw", "avx512_vnni"}, False, True),    # Zen 4, Ice Lake
+    ({"avx2", "avx_vnni"}, False, True),                   # Alder Lake
+    ({"sse4_1", "sse4_2"}, False, False),                  # no AVX2: products widened first
+    ({"asimd", "asimddp"}, False, False),                  # arm64
+    (set(), False, False),
+])
+def test_which_cpus_overflow_onnxruntime_int8_kernels(flags, saturates, vnni):
+    from online_tsm.runtimes.int8_cpu import has_vnni, int8_kernels, int8_kernels_saturate
+
+    assert int8_kernels_saturate(frozenset(flags)) is saturates and has_vnni(frozenset(flags)) is vnni
+    assert ("saturating" in int8_kernels(frozenset(flags))) is saturates
+
+
+def _weights_of(model_path) -> list[np.ndarray]:
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(model_path)).graph
+    inits = {i.name: i for i in graph.initializer}
+    return [numpy_helper.to_array(inits[n.input[0]]) for n in graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in inits
+            and inits[n.input[0]].data_type == onnx.TensorProto.INT8]
+
+
+def test_an_int8_export_on_a_cpu_whose_kernels_saturate_uses_7_bit_weights(small_weights, class_folder, tmp_path,
+                                                                             monkeypatch, int8_export, capsys):
+    from online_tsm.runtimes import int8_cpu
+
+    full = _weights_of(int8_export / "model.onnx")
+    assert full and max(int(np.abs(w).max()) for w in full) > 64          # this CPU: full 8-bit weights
+    assert load_manifest(int8_export).model["quantization"]["weight_bits"] == 8 or int8_cpu.int8_kernels_saturate()
+    monkeypatch.setattr(int8_cpu, "cpu_flags", lambda: frozenset({"avx2", "fma"}))   # as on a Zen 3
+    out = export_artifact(small_weights, "host", tmp_path / "int8-7bit", precision="int8",
+                          calibration=str(class_folder), min_agreement=0.0, drift_frames=20, progress=True)
+    q = load_manifest(out).model["quantization"]
+    assert q["weight_bits"] == 7 and q["weights"].endswith("7-bit range") and "saturating" in q["int8_kernels_at_export"]
+    weights = _weights_of(out / "model.onnx")
+    assert weights and all(-64 <= int(w.min()) and int(w.max()) <= 64 for w in weights)  # 2*255*64 < 2**15
+    assert "8-bit weights would overflow them, so the weights are quantized to 7 bits" in capsys.readouterr().err
+
+
+def test_an_8_bit_int8_model_warns_on_a_cpu_whose_kernels_saturate(int8_export, monkeypatch):
+    from online_tsm.runtimes import int8_cpu, open_runtime
+
+    monkeypatch.setattr(int8_cpu, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"}))
+    with open_runtime(int8_export, "onnxruntime"):
+        pass                                                   # VNNI: exact, nothing to say
+    monkeypatch.setattr(int8_cpu, "cpu_flags", lambda: frozenset({"avx2"}))
+    with pytest.warns(RuntimeWarning, match="8-bit weights, which overflow ONNX Runtime's int8 kernels"):
+        open_runtime(int8_export, "onnxruntime").close()
