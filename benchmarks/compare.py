@@ -23,9 +23,9 @@ import json
 import sys
 from typing import Any, Sequence
 
-import numpy as np
 
-from online_tsm.benchmarks.latency import Contestant, cycle_frames, measure_interleaved
+from online_tsm.benchmarks.head_to_head import stream_contestants
+from online_tsm.benchmarks.latency import measure_interleaved
 from online_tsm.cli_util import UserError, add_debug_flag, run_cli
 
 
@@ -50,12 +50,8 @@ def compare(specs: Sequence[str], *, threads: int | None = None, frames: int = 2
     from online_tsm.benchmarks.suite import camera_images
 
     opened = [_open(spec, threads) for spec in specs]
-    images = camera_images()
-    players = []
-    for name, rt in opened:
-        stream, next_frame = rt.new_stream(), cycle_frames(np.stack([rt.preprocess(img) for img in images]))
-        players.append(Contestant(name, lambda s=stream, f=next_frame: s.step(f())))
-    stats = measure_interleaved(players, samples=frames, warmup=warmup, round_size=round_size)
+    stats = measure_interleaved(stream_contestants(opened, camera_images()), samples=frames, warmup=warmup,
+                                round_size=round_size)
     first = stats[opened[0][0]].p50
     rows = [{"name": name, "description": rt.description, **stats[name].summary(),
              "speedup_vs_first_p50": first / stats[name].p50} for name, rt in opened]

@@ -24,6 +24,24 @@ from online_tsm.runtimes.base import Runtime
 YARDSTICK = "ort-plain"
 
 
+def stream_contestants(runtimes: Sequence[tuple[str, Runtime]], images: Sequence[np.ndarray]) -> list[Contestant]:
+    """One contestant per ``(name, runtime)``: a stream of its own stepping through ``images``, buffers carried."""
+    players = []
+    for name, rt in runtimes:
+        stream = rt.new_stream()
+        next_frame = cycle_frames(np.stack([rt.preprocess(img) for img in images]))
+        players.append(Contestant(name, lambda s=stream, f=next_frame: s.step(f())))
+    return players
+
+
+def comparable_p50(head_to_head: dict[str, Any] | None, row_p50: dict[str, float]) -> tuple[dict[str, float], str]:
+    """Each backend's TSM p50 for comparing backends, and where it comes from: the head-to-head pass when the
+    run made one, else the rows' own figures (``row_p50``), timed one after another."""
+    if head_to_head:
+        return {r["backend"]: r["p50_ms"] for r in head_to_head["rows"]}, "head to head"
+    return row_p50, "rows timed one after another"
+
+
 def time_head_to_head(runtimes: Sequence[tuple[str, Runtime]], images: Sequence[np.ndarray], *, samples: int,
                       warmup: int, round_size: int, on_sample: Callable[[], None] | None = None) -> dict[str, Any]:
     """Step every ``(backend, runtime)`` in interleaved rounds; each row's p50 also as a ratio to the yardstick's.
@@ -31,13 +49,8 @@ def time_head_to_head(runtimes: Sequence[tuple[str, Runtime]], images: Sequence[
     ``speedup_vs_plain_ort`` is ``ort-plain p50 / backend p50`` (above 1: faster
     than the plain loop); it is ``None`` when ``ort-plain`` was not among them.
     """
-    players = []
-    for name, rt in runtimes:
-        stream = rt.new_stream()
-        next_frame = cycle_frames(np.stack([rt.preprocess(img) for img in images]))
-        players.append(Contestant(name, lambda s=stream, f=next_frame: s.step(f())))
-    stats = measure_interleaved(players, samples=samples, warmup=warmup, round_size=round_size,
-                                on_sample=on_sample)
+    stats = measure_interleaved(stream_contestants(runtimes, images), samples=samples, warmup=warmup,
+                                round_size=round_size, on_sample=on_sample)
     plain = stats[YARDSTICK].p50 if YARDSTICK in stats else None
     fastest = min(s.p50 for s in stats.values())
     rows = [{"backend": name, **stats[name].summary(),

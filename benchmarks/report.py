@@ -157,9 +157,10 @@ def precision_rows(data: dict[str, Any]) -> list[list[str]]:
 
     Speeds come from the head-to-head pass when the run made one (every backend in the same rounds).
     """
-    h2h = data.get("head_to_head")
-    p50 = ({r["backend"]: r["p50_ms"] for r in h2h["rows"]} if h2h else
-           {r["backend"]: r["tsm"]["p50_ms"] for r in data["rows"] if r["status"] == "ok" and r.get("tsm")})
+    from online_tsm.benchmarks.head_to_head import comparable_p50
+
+    p50, _ = comparable_p50(data.get("head_to_head"), {r["backend"]: r["tsm"]["p50_ms"] for r in data["rows"]
+                                                         if r["status"] == "ok" and r.get("tsm")})
     plain = p50.get("ort-plain")
     rows = []
     for r in data["rows"]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from online_tsm.benchmarks import head_to_head
 from online_tsm.runtimes.int8_cpu import has_vnni
 
 if TYPE_CHECKING:
@@ -28,10 +29,8 @@ MIN_AGREEMENT = 0.98
 
 def comparable_p50(report: "BenchReport") -> tuple[dict[str, float], str]:
     """Each backend's TSM p50 for comparisons between backends, and a label saying where it comes from."""
-    if report.head_to_head:
-        return {r["backend"]: r["p50_ms"] for r in report.head_to_head["rows"]}, "head to head"
-    return ({r.backend: r.tsm.p50 for r in report.rows if r.status == "ok" and r.tsm is not None},
-            "rows timed one after another")
+    return head_to_head.comparable_p50(report.head_to_head, {r.backend: r.tsm.p50 for r in report.rows
+                                                             if r.status == "ok" and r.tsm is not None})
 
 
 def _check(number: int, text: str, reached: bool | None, measured: str, **extra: Any) -> dict[str, Any]:

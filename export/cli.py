@@ -35,10 +35,10 @@ def _export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--camera-order", choices=("bgr", "rgb"), default="bgr",
                         help="colour order of the camera frames for --fold-preprocess (default bgr, as OpenCV)")
     parser.add_argument("--tune", type=int, default=0, metavar="N",
-                        help="MetaSchedule trials per function (host only; the default model took 11 min at 16 on 2 cores); "
-                             "records are cached and reused, and the build keeps the tuned schedules only if they "
-                             "run faster here than the default ones (pip install 'online-tsm[tune]' for the "
-                             "cost model)")
+                        help="MetaSchedule trials per function (host only; the default model took 11 min at 16 "
+                             "on 2 cores); records are cached and reused, and the build keeps the tuned schedules "
+                             "only if they run faster here than the default ones (pip install 'online-tsm[tune]' "
+                             "for the cost model)")
     parser.add_argument("--no-tuning-records", dest="tuning_records", action="store_false",
                         help="build with the default schedules even if --tune records exist for this CPU "
                              "(to compare tuned and untuned builds)")

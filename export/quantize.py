@@ -109,7 +109,8 @@ def quantize_int8(fp32_onnx: Path, feeds: list[dict[str, np.ndarray]], out: Path
         with contextlib.redirect_stdout(io.StringIO()):  # ORT prints its percentile settings
             quantize_static(str(fp32_onnx), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            reduce_range=seven_bit_weights, calibrate_method=CalibrationMethod.Percentile, nodes_to_exclude=classifier,
+                            reduce_range=seven_bit_weights, calibrate_method=CalibrationMethod.Percentile,
+                            nodes_to_exclude=classifier,
                             extra_options={"ActivationSymmetric": False, "CalibPercentile": PERCENTILE,
                                            "CalibStridedMinMax": chunk})
     finally:

@@ -4,9 +4,9 @@ MetaSchedule's stock builder starts fresh worker processes for every batch of
 candidates (to contain a memory leak of long-lived workers), and each worker
 imports ``tvm.s_tir.tensor_intrin`` before it compiles anything.  That import
 parses the TVMScript of every intrinsic of every GPU and CPU family; it took
-21.5 s of the 22.6 s that one trivial candidate needed here (CUDA's alone
-15 s), so tuning the default model at 2 trials per function would spend half
-an hour importing.
+21.5 s of the 22.6 s that one trivial candidate needed on a 2-core Zen 4
+(CUDA's alone 15 s), so tuning the default model at 2 trials per function
+would spend 15 to 30 minutes importing (an estimate: 44 to 88 batches).
 
 The intrinsics are only looked up by name while a schedule is *made*
 (``tensorize``, in the tuning process); a candidate handed to the builder

@@ -258,7 +258,7 @@ def compile_cpu(onnx_path: Path, manifest: Manifest, row: ExportTarget, out_dir:
                            tuning=tuning, notes=notes)
 
 
-TIMING_ROUNDS = 6        # alternating rounds when a tuned build is timed against the default schedules
+TIMING_ROUNDS = 6        # rounds, in rotating order, when a tuned build is timed against the default schedules
 FRAMES_PER_ROUND = 10
 
 
@@ -291,11 +291,11 @@ def _faster_of_tuned_and_default(tuned, mod, target, manifest: Manifest, tuning:
 
 
 def time_executables(executables: dict[str, Any], inputs: dict[str, tuple[list[int], str]]) -> dict[str, float]:
-    """Median ms per frame of each compiled Relax executable on this CPU, timed in alternating rounds.
+    """Median ms per frame of each compiled Relax executable on this CPU, timed in interleaved rounds.
 
     The inputs are zeros (a convolution network's time does not depend on
-    the values); the rounds alternate their order so a busy moment of the
-    machine hits every build alike.  Each build is timed from a linked copy,
+    the values); the rounds rotate their order (:mod:`online_tsm.interleave`)
+    so a busy moment of the machine hits every build alike.  Each build is timed from a linked copy,
     as the runtime loads it: a virtual machine made on the in-memory
     executable itself changes what it later writes (TVM then warns for
     every function on saving and loading).
@@ -304,6 +304,7 @@ def time_executables(executables: dict[str, Any], inputs: dict[str, tuple[list[i
 
     import tvm
 
+    from online_tsm.interleave import turn_order
     from online_tsm.runtimes.tvm_backend import ENTRY, config_threadpool_keeping_affinity, default_threads
 
     config_threadpool_keeping_affinity(tvm, default_threads())
@@ -320,7 +321,7 @@ def time_executables(executables: dict[str, Any], inputs: dict[str, tuple[list[i
             machines[name] = vm
         samples: dict[str, list[float]] = {name: [] for name in machines}
         for turn in range(TIMING_ROUNDS):
-            for name in (list(machines) if turn % 2 == 0 else list(reversed(machines))):
+            for name in turn_order(list(machines), turn):
                 timer = machines[name].time_evaluator("invoke_stateful", device, number=FRAMES_PER_ROUND, repeat=1)
                 samples[name].append(timer(ENTRY).mean * 1e3)
     return {name: round(float(np.median(values)), 3) for name, values in samples.items()}

@@ -77,14 +77,13 @@ def cpu_model() -> str:
     Virtual machines often report only "AMD EPYC"; the family/model numbers and
     the flags (AVX-512, VNNI) tell a Zen 3 from a Zen 4 host under the same name.
     """
-    from online_tsm.cpuinfo import cpu_name, first_processor
+    from online_tsm.cpuinfo import cpu_flags, cpu_name, first_processor
 
     fields = first_processor()
-    name = cpu_name()
     ident = "/".join(fields.get(k, "") for k in ("cpu family", "model", "stepping")).strip("/")
-    flags = fields.get("flags") or fields.get("Features") or ""
-    digest = hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:8] if flags else "-"
-    return f"{name} [{ident or platform.machine()}; flags {digest}]"
+    flags = cpu_flags()
+    digest = hashlib.sha256(" ".join(sorted(flags)).encode()).hexdigest()[:8] if flags else "-"
+    return f"{cpu_name()} [{ident or platform.machine()}; flags {digest}]"
 
 
 def artifact_digest(folder: Path) -> str:

@@ -435,7 +435,8 @@ def test_readme_says_what_to_copy(export_cache, small_weights):
 
 
 def test_tuning_progress_counts_built_and_measured_candidates_and_quiets_metaschedule(tmp_path):
-    """--tune's heartbeat: candidates built (MetaSchedule's scheduler log) and measured (its records), console quiet."""
+    """--tune's heartbeat: candidates built (MetaSchedule's scheduler log) and measured (its records); its console
+    quiet."""
     import logging
     import time
 
