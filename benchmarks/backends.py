@@ -116,7 +116,7 @@ def tuning_fingerprint(target: str) -> str | None:
     row = get_target(target)
     if row.kind == "onnx":
         return None
-    from online_tsm.export.tvm import resolve_tvm_target, tuning_dir
+    from online_tsm.export.tvm.build import resolve_tvm_target, tuning_dir
 
     digest = hashlib.sha256()
     found = False

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from online_tsm.export.manifest import load_manifest
+from online_tsm.manifest import load_manifest
 from online_tsm.runtimes.base import Runtime
 
 

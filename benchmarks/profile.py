@@ -23,7 +23,7 @@ import numpy as np
 SHIFT_OPS = ("Slice", "Split", "Concat")
 # Layout conversions ORT inserts around what its blocked (NCHWc) layout cannot hold.
 REORDER_OPS = ("ReorderInput", "ReorderOutput")
-# The exporter's rewrite expresses the shift as small 1x1 convolutions (export/shift_fold.py); their nodes are
+# The exporter's rewrite expresses the shift as small 1x1 convolutions (export/formats/shift_fold.py); their nodes are
 # named after it, so the profile shows them apart from the model's own convolutions.
 SHIFT_CONV = "Conv (shift as 1x1 conv)"
 SHIFT_NODE_PREFIXES = ("shift_fold_", "shift_out_")
@@ -109,7 +109,7 @@ def compare_profiles(tsm: dict[str, Any], tsn: dict[str, Any]) -> list[dict[str,
     return rows
 
 
-# TVM function classes, from the fused function's name and its weight's shape (NHWC build, see export/tvm.py).
+# TVM function classes, from the fused function's name and its weight's shape (NHWC build, see export/tvm/build.py).
 TVM_SHIFT = "shift (slice/concat/transpose)"
 
 

@@ -281,7 +281,7 @@ def _run_one(plan: BackendPlan, bench: BenchModel, cfg: BenchConfig, machine_lab
         if target is not None:
             result.size_bytes = facts.folder_size_bytes(sources["causal"])
         if plan.precision == "int8":
-            from online_tsm.export.manifest import load_manifest
+            from online_tsm.manifest import load_manifest
 
             result.agreement = load_manifest(sources["causal"]).model.get("quantization", {}).get("agreement")
         rss0 = facts.current_rss_bytes()
@@ -314,7 +314,7 @@ def _ships_default_schedules(source: Any) -> bool:
     """True for a TVM host artifact whose export found this CPU's tuning records slower than the defaults."""
     if not isinstance(source, Path) or not (source / "manifest.json").is_file():
         return False
-    from online_tsm.export.manifest import load_manifest
+    from online_tsm.manifest import load_manifest
 
     tuning = (load_manifest(source).target or {}).get("tuning") or {}
     return tuning.get("schedules") == "default"

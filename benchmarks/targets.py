@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from online_tsm.benchmarks import head_to_head
-from online_tsm.runtimes.int8_cpu import has_vnni
+from online_tsm.cpuinfo import has_vnni
 
 if TYPE_CHECKING:
     from online_tsm.benchmarks.suite import BenchReport

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from online_tsm.cli_util import UserError
-from online_tsm.export.folded import DEFAULT_CAMERA_SIZE, FoldedPreprocess
-from online_tsm.export.manifest import MANIFEST_NAME, Manifest, TensorSpec, write_manifest
-from online_tsm.export.onnx import ExportError, build_manifest, export_onnx, stream_onnxruntime, stream_torch
+from online_tsm.export.formats.folded import DEFAULT_CAMERA_SIZE, FoldedPreprocess
+from online_tsm.manifest import MANIFEST_NAME, Manifest, TensorSpec, write_manifest
+from online_tsm.export.formats.onnx import ExportError, build_manifest, export_onnx, stream_onnxruntime, stream_torch
 from online_tsm.export.reference import (REFERENCE_FRAMES, REFERENCE_NAME, compare, frames_for, tolerance_same_machine,
                                          write_reference)
 from online_tsm.export.targets import ExportTarget, get_target
@@ -98,7 +98,7 @@ def _is_artifact_folder(path: Path) -> bool:
     """Whether ``path`` holds an online-tsm export: a ``manifest.json`` of our format, not just any manifest."""
     import json
 
-    from online_tsm.export.manifest import ARTIFACT_FORMAT
+    from online_tsm.manifest import ARTIFACT_FORMAT
 
     try:
         data = json.loads((path / MANIFEST_NAME).read_text())
@@ -118,7 +118,7 @@ def prepare_out_dir(out_dir: str | os.PathLike, force: bool) -> Path:
     """
     import tempfile
 
-    from online_tsm.export.manifest import ARTIFACT_FORMAT
+    from online_tsm.manifest import ARTIFACT_FORMAT
 
     path = Path(out_dir).expanduser()
     if path.exists() and not path.is_dir():
@@ -226,7 +226,7 @@ def _compiler_versions(row: ExportTarget, library: Any) -> dict[str, Any]:
                                 "onnxslim": getattr(onnxslim, "__version__", "?"),
                                 "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
     if row.kind != "onnx":
-        from online_tsm.export.tvm import tvm_versions
+        from online_tsm.export.tvm.build import tvm_versions
 
         versions.update(tvm_versions())
         if library is not None and library.linker:
@@ -275,7 +275,7 @@ def export_artifact(weights_or_model: Any, target: str, out_dir: str | os.PathLi
     """
     say = Progress(progress)
     row = get_target(target)
-    from online_tsm.export.precision import check_precision
+    from online_tsm.export.precision.options import check_precision
 
     calibration = check_precision(precision, row, weights_or_model, calibration, min_agreement)
     if ort_shift not in ("slice", "conv"):
@@ -283,7 +283,7 @@ def export_artifact(weights_or_model: Any, target: str, out_dir: str | os.PathLi
     if library not in ("auto", "so", "tar"):
         raise UserError(f"library must be auto, so or tar, got {library!r}")
     if library == "so" and row.kind != "onnx" and row.cross and row.find_linker() is None:
-        from online_tsm.export.tvm import _choose_suffix
+        from online_tsm.export.tvm.build import _choose_suffix
 
         _choose_suffix(row, None, "so")  # raises the one-line "missing cross compiler" error before any work
     if tune and row.kind != "cpu" or tune and row.cross:
@@ -357,7 +357,7 @@ def _export(model: MobileNetV2TSM, row: ExportTarget, out: Path, say: Progress, 
     if row.kind != "onnx" and precision == "int8":
         notes.append("int8 runs on ONNX Runtime (model.onnx, QDQ); no TVM library is built for int8")
     elif row.kind != "onnx":
-        from online_tsm.export.tvm import compile_library
+        from online_tsm.export.tvm.build import compile_library
 
         compiled = compile_library(onnx_path, manifest, row, out, library=library, tune=tune, progress=say,
                                    precision=precision, tuning_records=tuning_records)
@@ -366,7 +366,7 @@ def _export(model: MobileNetV2TSM, row: ExportTarget, out: Path, say: Progress, 
             say(f"note: {note}")
         _check_library(out / compiled.filename, row, compiled, say)
         if row.runs_here:
-            from online_tsm.export.tvm import stream_tvm
+            from online_tsm.export.tvm.build import stream_tvm
 
             say(f"verifying the TVM library against PyTorch over {REFERENCE_FRAMES} streamed frames")
             diff = compare(stream_tvm(out / compiled.filename, manifest, frames), reference)
@@ -379,11 +379,11 @@ def _export(model: MobileNetV2TSM, row: ExportTarget, out: Path, say: Progress, 
         _fold_shift(onnx_path, manifest, frames, reference, tolerance, say)
     manifest.model["precision"] = precision
     if precision == "fp16":
-        from online_tsm.export.precision import check_fp16
+        from online_tsm.export.precision.options import check_fp16
 
         manifest.model["fp16_check"] = check_fp16(onnx_path, manifest, frames, reference, say)
     if precision == "int8":
-        from online_tsm.export.precision import export_int8
+        from online_tsm.export.precision.options import export_int8
 
         manifest.model["quantization"] = export_int8(model, onnx_path, manifest, frames, reference, say,
                                                      calibration=str(calibration), min_agreement=min_agreement,
@@ -399,7 +399,7 @@ def _export(model: MobileNetV2TSM, row: ExportTarget, out: Path, say: Progress, 
     roles = {ONNX_NAME: "onnx", REFERENCE_NAME: "reference", README_NAME: "readme"}
     if compiled is not None:
         roles[compiled.filename] = "library"
-    from online_tsm.export.device_kit import add_device_kit
+    from online_tsm.export.device.kit import add_device_kit
 
     roles.update(add_device_kit(out, manifest, row))   # run.py / run_onnx.py: verify and time on the device
     (out / README_NAME).write_text(artifact_readme(manifest, row, out.name, files=sorted(roles), roles=roles))
@@ -436,7 +436,7 @@ def _fold_shift(onnx_path: Path, manifest: Manifest, frames: np.ndarray, referen
     """
     import onnx
 
-    from online_tsm.export.shift_fold import fold_shift_into_convs
+    from online_tsm.export.formats.shift_fold import fold_shift_into_convs
 
     graph, count = fold_shift_into_convs(onnx.load(str(onnx_path)))
     if not count:
@@ -470,8 +470,7 @@ def _simplify(onnx_path: Path) -> None:
 
 def _check_library(path: Path, row: ExportTarget, compiled: Any, say: Progress) -> None:
     """The library's host code must be for the target's machine; CUDA ones must carry device code."""
-    from online_tsm.export import elf
-
+    from online_tsm.export.device import elf
     machines = set(elf.library_machines(path).values())
     expected = row.elf_machine
     if expected is not None and machines != {expected}:

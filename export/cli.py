@@ -101,7 +101,7 @@ def _export_main(args: argparse.Namespace) -> int:
     import importlib
 
     from online_tsm.export.api import export_artifact
-    from online_tsm.export.folded import parse_camera_size
+    from online_tsm.export.formats.folded import parse_camera_size
 
     camera = parse_camera_size(args.camera_size)
     export = export_artifact

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from online_tsm.export.manifest import Manifest
+from online_tsm.manifest import Manifest
 from online_tsm.export.targets import ExportTarget
 from online_tsm.pacing import UPSTREAM_PACE, pace_from_metadata
 

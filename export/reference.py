@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from online_tsm.export.manifest import Manifest
-from online_tsm.export.onnx import deterministic_frames
+from online_tsm.manifest import Manifest
+from online_tsm.export.formats.onnx import deterministic_frames
 
 REFERENCE_NAME = "reference.npz"
 REFERENCE_FRAMES = 16
@@ -23,7 +23,7 @@ RELATIVE_TOLERANCE_OTHER_MACHINE = 1e-4   # another architecture (aarch64 under 
 
 def deterministic_camera_frames(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     """``n`` uint8 ``[H, W, 3]`` camera-like frames, the same on every machine (closed form, like
-    :func:`~online_tsm.export.onnx.deterministic_frames`)."""
+    :func:`~online_tsm.export.formats.onnx.deterministic_frames`)."""
     t, y, x, c = np.meshgrid(np.arange(n), np.arange(height), np.arange(width), np.arange(3), indexing="ij")
     value = 127.5 + 100.0 * np.sin(0.045 * x * (c + 1) + 0.031 * y + 0.4 * t + 0.5 * seed) \
         * np.cos(0.017 * y - 0.011 * x * c + 0.25 * t)

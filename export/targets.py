@@ -216,7 +216,7 @@ TARGETS: tuple[ExportTarget, ...] = (
                     "onnxruntime backends)",
         device_notes="tsm-serve REPO serves it here (pip install 'online-tsm[serve]'); clients use "
                      "open_runtime(REPO, backend='triton', address=HOST:PORT)",
-        packager="online_tsm.export.triton:export_repository",
+        packager="online_tsm.export.formats.triton:export_repository",
     ),
 )
 

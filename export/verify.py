@@ -9,7 +9,7 @@ for CUDA targets, the device code of the target's architecture inside it;
 an fp16 CUDA library's numerics are recomputed with the same mixed-precision
 module compiled for this CPU.
 Numbers for those need the device, TVM RPC, or ``--emulate`` (aarch64 CPU
-targets under qemu, :mod:`online_tsm.export.emulate`).
+targets under qemu, :mod:`online_tsm.export.device.emulate`).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from online_tsm.export.manifest import Manifest, ManifestError, load_manifest
+from online_tsm.manifest import Manifest, ManifestError, load_manifest
 from online_tsm.export.reference import REFERENCE_FRAMES, compare, frames_for, read_reference, tolerance_same_machine
 
 
@@ -64,7 +64,7 @@ INT8_AGREEMENT_SLACK = 1 / 16   # one of the 16 verification frames
 def _quantized(directory: Path, manifest: Manifest, actual: np.ndarray, reference: np.ndarray,
                quantization: dict) -> VerifyResult:
     """A quantized artifact against the agreement stored at export, not against float32's 1e-4."""
-    from online_tsm.export.quantize import verification_check
+    from online_tsm.export.precision.quantize import verification_check
 
     stored = quantization.get("verification") or {}
     got = verification_check(actual, reference)
@@ -97,7 +97,7 @@ def _role(manifest: Manifest, role: str, directory: Path) -> str:
 
 
 def _static(directory: Path, manifest: Manifest) -> VerifyResult:
-    from online_tsm.export import elf
+    from online_tsm.export.device import elf
     from online_tsm.export.targets import ExportTarget
 
     target = manifest.target
@@ -139,7 +139,7 @@ def _static(directory: Path, manifest: Manifest) -> VerifyResult:
 def recheck_fp16(directory: Path, manifest: Manifest) -> tuple[bool, str]:
     """The fp16 library's numerics, as far as this machine can show them: the same mixed-precision module
     compiled for this CPU, against the stored float32 reference (the export's gate, recomputed)."""
-    from online_tsm.export.mixed_precision import FP16_TOLERANCE, measure_fp16, passes
+    from online_tsm.export.tvm.mixed_precision import FP16_TOLERANCE, measure_fp16, passes
 
     reference = _reference(directory, manifest)
     check = measure_fp16(directory / _role(manifest, "onnx", directory), manifest,
@@ -174,7 +174,7 @@ def verify_artifact(directory: str | Path, *, emulate: bool = False) -> VerifyRe
 
 def _emulated(directory: Path, target: dict) -> VerifyResult:
     try:
-        from online_tsm.export.emulate import verify_emulated
+        from online_tsm.export.device.emulate import verify_emulated
     except ImportError as exc:
         raise RuntimeError(f"--emulate is not available in this installation ({exc})") from None
     check = verify_emulated(directory, n_frames=REFERENCE_FRAMES)

@@ -36,7 +36,7 @@ def last_message_line(exc: BaseException, limit: int = 300) -> str:
 
     TVM's errors print their C++ and Python stack first and the sentence that
     says what went wrong last, so :func:`first_line` would quote a frame.
-    (``export/device_run.py`` runs without online-tsm and keeps its own copy.)
+    (``export/device/run_template.py`` runs without online-tsm and keeps its own copy.)
     """
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     useful = [line for line in lines if not line.startswith(("File ", "Traceback", "at ", "0:", "1:"))]

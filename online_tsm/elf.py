@@ -5,7 +5,7 @@ runtimes check that a library can load here before ``dlopen`` fails with
 "wrong ELF class", and the benchmark compares an RPC device with this
 machine.  All of them read the same two header bytes and must call the same
 machine by the same name (``x86_64``, ``aarch64``), so the reader and the
-names live here, once.  (``export/device_run.py`` runs on devices without
+names live here, once.  (``export/device/run_template.py`` runs on devices without
 online-tsm and keeps a copy; the tests check that the two agree.)
 """
 from __future__ import annotations

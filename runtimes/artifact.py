@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from online_tsm.export.manifest import MANIFEST_NAME, Manifest, load_manifest
+from online_tsm.manifest import MANIFEST_NAME, Manifest, load_manifest
 from online_tsm.labels import default_labels
 from online_tsm.runtimes.base import RuntimeOpenError
 

@@ -88,7 +88,7 @@ def cpu_model() -> str:
 
 def artifact_digest(folder: Path) -> str:
     """sha256 of the folder's ``manifest.json``, which holds the sha256 of every file of the artifact."""
-    from online_tsm.export.manifest import MANIFEST_NAME, sha256_of
+    from online_tsm.manifest import MANIFEST_NAME, sha256_of
 
     return sha256_of(folder / MANIFEST_NAME)
 

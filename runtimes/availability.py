@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from online_tsm.export.manifest import MANIFEST_NAME, ManifestError, load_manifest
+from online_tsm.manifest import MANIFEST_NAME, ManifestError, load_manifest
 from online_tsm.runtimes.base import BackendUnavailable, Runtime
 from online_tsm.runtimes.library import LibraryError, elf_arch, host_arch
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from online_tsm.checkpoint import load_model
-from online_tsm.export.manifest import MANIFEST_NAME
+from online_tsm.manifest import MANIFEST_NAME
 from online_tsm.models import MobileNetV2TSM
 from online_tsm.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from online_tsm.runtimes.base import Runtime, RuntimeOpenError

@@ -70,7 +70,7 @@ class TritonRuntime(Runtime):
 
     def __init__(self, source: str | os.PathLike, *, address: str | None = None, model: str = DEFAULT_MODEL,
                  timeout: float = DEFAULT_TIMEOUT_S, threads: int | None = None) -> None:
-        from online_tsm.export.triton import find_manifest
+        from online_tsm.export.formats.triton import find_manifest
 
         grpcclient = import_client()
         if not address:

@@ -26,7 +26,7 @@ import numpy as np
 from online_tsm.errors import OnlineTSMError
 from online_tsm.runtimes.base import Runtime, Stream
 
-# Names of the control inputs in the python model's config.pbtxt (written by online_tsm.export.triton).
+# Names of the control inputs in the python model's config.pbtxt (written by online_tsm.export.formats.triton).
 START, END, CORRID = "START", "END", "CORRID"
 
 

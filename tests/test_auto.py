@@ -111,7 +111,7 @@ def test_cache_key_holds_threads_and_artifact(small_artifact, cache, tmp_path):
     assert other_threads.reason == "measured" and other_threads.backend == "tvm" and opener.opened
     assert cache_path(small_artifact, 1) != cache_path(small_artifact, None)
 
-    from online_tsm.export.manifest import load_manifest, write_manifest
+    from online_tsm.manifest import load_manifest, write_manifest
 
     changed = copy_artifact(small_artifact, tmp_path / "changed")
     manifest = load_manifest(changed)
@@ -150,7 +150,7 @@ def test_unknown_choice_is_one_clear_line(small_artifact, cache, monkeypatch):
 
 
 def test_a_forced_backend_that_cannot_run_says_why(small_artifact, cache, tmp_path):
-    from online_tsm.export.manifest import load_manifest, write_manifest
+    from online_tsm.manifest import load_manifest, write_manifest
 
     folder = copy_artifact(small_artifact, tmp_path / "onnx-only")
     manifest = load_manifest(folder)

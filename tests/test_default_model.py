@@ -12,9 +12,9 @@ import torch
 
 from online_tsm.checkpoint import load_model
 from online_tsm.export.api import export_artifact
-from online_tsm.export.manifest import load_manifest
-from online_tsm.export.onnx import deterministic_frames, stream_onnxruntime, stream_torch
-from online_tsm.export.tvm import stream_tvm
+from online_tsm.manifest import load_manifest
+from online_tsm.export.formats.onnx import deterministic_frames, stream_onnxruntime, stream_torch
+from online_tsm.export.tvm.build import stream_tvm
 from online_tsm.preprocess import preprocess_frame
 from online_tsm.synthetic import GESTURES, random_params, render_clip
 from online_tsm.training.dataset import segment_indices

@@ -240,8 +240,8 @@ def test_untrained_fallback_is_labelled(monkeypatch):
 def small_onnx_folder(tmp_path_factory):
     """An export folder with only the ONNX graph (no compiled library): cheap, and ``auto`` must pick onnxruntime."""
     from online_tsm.checkpoint import model_info
-    from online_tsm.export.manifest import write_manifest
-    from online_tsm.export.onnx import build_manifest, export_onnx
+    from online_tsm.manifest import write_manifest
+    from online_tsm.export.formats.onnx import build_manifest, export_onnx
 
     model = seeded_model(seed=3, width_mult=0.5, input_size=96, n_class=10)
     model.info = model_info(model, labels=SMALL_LABELS)

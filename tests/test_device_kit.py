@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from online_tsm.export import device_kit
-from online_tsm.export import device_run as template
-from online_tsm.export.manifest import load_manifest, write_manifest
+from online_tsm.export.device import kit as device_kit
+from online_tsm.export.device import run_template as template
+from online_tsm.manifest import load_manifest, write_manifest
 from online_tsm.export.reference import frames_for, read_reference, tolerance_other_machine, tolerance_same_machine
 from runtime_artifacts import copy_artifact, small_artifact  # noqa: F401 -- fixture
 

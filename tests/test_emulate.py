@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 
 from helpers import require_tools
-from online_tsm.export.emulate import (EMULATED_TIMING_NOTE, EmulatedCheck, EmulationCheckError,
+from online_tsm.export.device.emulate import (EMULATED_TIMING_NOTE, EmulatedCheck, EmulationCheckError,
                                        verify_emulated, verify_emulated_many)
-from online_tsm.export.manifest import ManifestError, load_manifest, write_manifest
+from online_tsm.manifest import ManifestError, load_manifest, write_manifest
 from online_tsm.export.reference import tolerance_other_machine
-from online_tsm.export.sysroot import EmulationUnavailable, ensure_sysroot, file_lock, missing_system_packages
+from online_tsm.export.device.sysroot import EmulationUnavailable, ensure_sysroot, file_lock, missing_system_packages
 
 pytestmark = pytest.mark.emulation
 
@@ -152,8 +152,7 @@ def test_emulated_results_never_carry_timings(emulated):
 
 # -- clear failures before any emulation -----------------------------------------------------------------
 def test_wrong_architecture_library_fails_clearly(artifacts, tmp_path):
-    from online_tsm.export import elf
-
+    from online_tsm.export.device import elf
     x86_library = Path(sys.executable).resolve().read_bytes()   # an x86-64 ELF on these machines
     folder = _copy_with_library(artifacts["small-rpi"], tmp_path / "x86", x86_library)
     expected = elf.machine_name(elf.elf_machine(x86_library))
@@ -208,7 +207,7 @@ def test_missing_debootstrap_names_the_package(tmp_path, monkeypatch):
     (bin_dir / "qemu-aarch64-static").symlink_to(qemu)
     monkeypatch.setenv("PATH", str(bin_dir))
     monkeypatch.setenv("ONLINE_TSM_CACHE", str(tmp_path / "cache"))   # nothing prepared there
-    monkeypatch.setattr("online_tsm.export.sysroot.EXTRA_TOOL_DIRS", ())
+    monkeypatch.setattr("online_tsm.export.device.sysroot.EXTRA_TOOL_DIRS", ())
     with pytest.raises(EmulationUnavailable, match=r"debootstrap not found: install .*package debootstrap"):
         ensure_sysroot(progress=None)
     assert not any((tmp_path / "cache" / "emulation").glob("arm64-*")), "no half-prepared sysroot may remain"
@@ -239,8 +238,8 @@ def test_tolerance_is_relative_with_a_floor():
 
 
 def test_emulated_python_that_cannot_start_is_reported_in_one_line(tmp_path):
-    from online_tsm.export.emulate import _Plan, _run_emulated
-    from online_tsm.export.sysroot import Sysroot
+    from online_tsm.export.device.emulate import _Plan, _run_emulated
+    from online_tsm.export.device.sysroot import Sysroot
 
     fake_qemu = tmp_path / "qemu-aarch64-static"
     fake_qemu.write_text("#!/bin/sh\necho 'qemu: could not open /lib/ld-linux-aarch64.so.1' >&2\nexit 1\n")

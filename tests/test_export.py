@@ -17,13 +17,13 @@ import pytest
 
 from helpers import seeded_model
 from online_tsm.checkpoint import load_model, save_checkpoint
-from online_tsm.export import elf
+from online_tsm.export.device import elf
 from online_tsm.export.cli import main as cli_main
-from online_tsm.export.manifest import ManifestError, load_manifest, write_manifest
-from online_tsm.export.onnx import deterministic_frames, stream_onnxruntime, stream_torch
+from online_tsm.manifest import ManifestError, load_manifest, write_manifest
+from online_tsm.export.formats.onnx import deterministic_frames, stream_onnxruntime, stream_torch
 from online_tsm.export.reference import deterministic_camera_frames, read_reference, write_reference
 from online_tsm.export.targets import TARGETS, get_target
-from online_tsm.export.tvm import stream_tvm
+from online_tsm.export.tvm.build import stream_tvm
 from online_tsm.preprocess import preprocess_frame
 
 PARITY = 1e-4  # the issue's bound: max abs diff of logits over 16 streamed frames
@@ -168,7 +168,7 @@ FOLDED_LOGITS_VS_OPENCV = 0.15
 def test_folded_preprocess_matches_preprocess_frame(export_cache, small_weights, model_small):
     import torch
 
-    from online_tsm.export.folded import FoldedPreprocess
+    from online_tsm.export.formats.folded import FoldedPreprocess
 
     folder = export_cache("small-folded-onnx", small_weights, "onnx", fold_preprocess=True)
     manifest = load_manifest(folder)
@@ -356,8 +356,7 @@ def test_tune_and_no_tuning_records_are_refused_together(capsys, small_weights, 
 def test_default_schedules_can_be_asked_for_when_tuning_records_exist(export_cache, small_weights, tmp_path,
                                                                      monkeypatch):
     """tsm-bench's untuned tvm row: the build must not read this CPU's --tune records even when they exist."""
-    from online_tsm.export import tvm as export_tvm
-
+    from online_tsm.export.tvm import build as export_tvm
     artifact = export_cache("small-host", small_weights, "host")
     manifest = load_manifest(artifact)
     opened = []
@@ -381,8 +380,7 @@ def test_a_tuned_host_build_ships_only_if_it_is_faster_than_the_default_schedule
     """A short --tune can find schedules slower than the defaults; the export then keeps the defaults and says so."""
     from tvm.s_tir import meta_schedule as ms
 
-    from online_tsm.export import tvm as export_tvm
-
+    from online_tsm.export.tvm import build as export_tvm
     artifact = export_cache("small-host", small_weights, "host")
     monkeypatch.setattr(export_tvm, "_open_database",
                         lambda row, target: (ms.database.MemoryDatabase(), ["/records/for/this/cpu"]))
@@ -404,7 +402,7 @@ def test_a_tuned_host_build_ships_only_if_it_is_faster_than_the_default_schedule
     if kept == "default":
         assert built.tuning["records"].startswith("not used: slower than the default schedules")
     from online_tsm.export.readme import artifact_readme
-    from online_tsm.export.manifest import Manifest
+    from online_tsm.manifest import Manifest
 
     manifest = load_manifest(artifact)
     shipped = Manifest(**{**vars(manifest), "target": {**manifest.target, "tuning": built.tuning}})
@@ -415,8 +413,7 @@ def test_a_tuned_host_build_ships_only_if_it_is_faster_than_the_default_schedule
 def test_builds_are_timed_against_each_other_on_this_cpu(export_cache, small_weights):
     import tvm
 
-    from online_tsm.export import tvm as export_tvm
-
+    from online_tsm.export.tvm import build as export_tvm
     artifact = export_cache("small-host", small_weights, "host")
     manifest = load_manifest(artifact)
     row = get_target("host")
@@ -440,7 +437,7 @@ def test_tuning_progress_counts_built_and_measured_candidates_and_quiets_metasch
     import logging
     import time
 
-    from online_tsm.export.tune_progress import METASCHEDULE_LOGGER, RECORDS_FILE, SCHEDULER_LOG, tuning_progress
+    from online_tsm.export.tvm.tuning_progress import METASCHEDULE_LOGGER, RECORDS_FILE, SCHEDULER_LOG, tuning_progress
 
     records = tmp_path / RECORDS_FILE
     records.write_text("an earlier run's record\n")
@@ -480,7 +477,7 @@ def test_tuning_candidates_compile_in_metaschedules_worker_processes():
     from tvm import te
     from tvm.s_tir import meta_schedule as ms
 
-    from online_tsm.export.tune_build import candidate_builder
+    from online_tsm.export.tvm.tuning_builder import candidate_builder
 
     a = te.placeholder((1, 3, 3, 8), name="a")
     b = te.compute((1, 8, 3, 3), lambda n, c, h, w: a[n, h, w, c] * 2.0, name="b")
@@ -495,8 +492,7 @@ def test_tuning_candidates_compile_in_metaschedules_worker_processes():
 
 
 def test_tuning_uses_the_cost_model_that_is_installed(monkeypatch):
-    from online_tsm.export import tune_build
-
+    from online_tsm.export.tvm import tuning_builder as tune_build
     monkeypatch.setattr(tune_build.importlib.util, "find_spec", lambda name: None)
     assert tune_build.cost_model_name() == "random"
     monkeypatch.setattr(tune_build.importlib.util, "find_spec", lambda name: object())
@@ -511,7 +507,7 @@ def test_a_second_tuning_run_on_the_same_records_waits_for_the_first(export_cach
 
     from tvm.s_tir.meta_schedule import relax_integration
 
-    from online_tsm.export import tvm as export_tvm
+    from online_tsm.export.tvm import build as export_tvm
     from online_tsm.fileio import file_lock
 
     artifact = export_cache("small-host", small_weights, "host")

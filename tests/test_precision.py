@@ -16,9 +16,9 @@ from runtime_artifacts import small_artifact  # noqa: F401 -- fixture
 
 from online_tsm.cli_util import UserError
 from online_tsm.export.api import export_artifact
-from online_tsm.export.calibration import load_calibration
-from online_tsm.export.manifest import MANIFEST_NAME, load_manifest
-from online_tsm.export.onnx import ExportError, deterministic_frames, stream_onnxruntime, stream_torch
+from online_tsm.export.precision.calibration import load_calibration
+from online_tsm.manifest import MANIFEST_NAME, load_manifest
+from online_tsm.export.formats.onnx import ExportError, deterministic_frames, stream_onnxruntime, stream_torch
 from online_tsm.export.verify import verify_artifact
 from online_tsm.synthetic import write_dataset
 
@@ -100,8 +100,7 @@ def test_auto_opens_an_int8_artifact_with_onnxruntime(int8_export, tmp_path, mon
 
 
 def test_min_agreement_refuses_the_export(small_weights, class_folder, tmp_path, monkeypatch):
-    from online_tsm.export import quantize
-
+    from online_tsm.export.precision import quantize
     monkeypatch.setattr(quantize.Agreement, "gate", lambda self: 0.5)
     workdir = tmp_path / "cwd"
     workdir.mkdir()
@@ -165,7 +164,7 @@ def test_calibration_sources(tmp_path, class_folder):
 
 
 def test_shift_as_convolutions_is_exact_and_has_no_channel_slicing(small_artifact, tmp_path):
-    from online_tsm.export.shift_fold import fold_shift_into_convs
+    from online_tsm.export.formats.shift_fold import fold_shift_into_convs
 
     manifest = load_manifest(small_artifact)
     graph, count = fold_shift_into_convs(onnx.load(str(small_artifact / "model.onnx")))
@@ -204,7 +203,7 @@ def test_compare_bad_contestant_is_one_line(capsys):
 
 def test_fp16_llvm_module_follows_float32_pytorch(small_artifact):
     """The mixed-precision module the GPU gets, built for this CPU, against float32 PyTorch (buffers carried)."""
-    from online_tsm.export.mixed_precision import FP16_TOLERANCE, fp16_agreement, stream_fp16_llvm
+    from online_tsm.export.tvm.mixed_precision import FP16_TOLERANCE, fp16_agreement, stream_fp16_llvm
     from online_tsm.export.reference import frames_for, read_reference
 
     manifest = load_manifest(small_artifact)
@@ -219,8 +218,7 @@ def test_fp16_llvm_module_follows_float32_pytorch(small_artifact):
 
 @pytest.mark.slow
 def test_jetson_fp16_export_holds_sm53_cubin_and_records_numerics(small_weights, tmp_path):
-    from online_tsm.export import elf
-
+    from online_tsm.export.device import elf
     folder = export_artifact(small_weights, "jetson-nano", tmp_path / "nano-fp16", precision="fp16", progress=False)
     manifest = load_manifest(folder)
     assert manifest.model["precision"] == "fp16"
@@ -240,7 +238,7 @@ def test_jetson_fp16_export_holds_sm53_cubin_and_records_numerics(small_weights,
 
 def test_verify_fails_fp16_numerics_that_drift(small_weights, tmp_path, monkeypatch):
     """The recomputed fp16 check is a real gate: logits far from float32 fail verify."""
-    from online_tsm.export import mixed_precision
+    from online_tsm.export.tvm import mixed_precision
     from online_tsm.export.reference import read_reference
 
     folder = export_artifact(small_weights, "onnx", tmp_path / "fake-fp16", progress=False)
@@ -272,8 +270,8 @@ class _ScriptedRuntime:
 
 def test_agreement_reports_last_frame_and_clip_accuracy_apart():
     """A clip whose last frame is wrong but whose mean is right counts for clip accuracy only (as tsm-train)."""
-    from online_tsm.export.calibration import CalibrationClip
-    from online_tsm.export.quantize import measure_agreement
+    from online_tsm.export.precision.calibration import CalibrationClip
+    from online_tsm.export.precision.quantize import measure_agreement
 
     right_then_wrong = np.array([[5.0, 0.0], [5.0, 0.0], [0.0, 1.0]])   # label 0: mean right, last frame wrong
     wrong = np.array([[0.0, 5.0], [0.0, 5.0], [0.0, 5.0]])              # label 0: wrong throughout
@@ -297,7 +295,7 @@ def test_agreement_reports_last_frame_and_clip_accuracy_apart():
     (set(), False, False),
 ])
 def test_which_cpus_overflow_onnxruntime_int8_kernels(flags, saturates, vnni):
-    from online_tsm.runtimes.int8_cpu import has_vnni, int8_kernels, int8_kernels_saturate
+    from online_tsm.cpuinfo import has_vnni, int8_kernels, int8_kernels_saturate
 
     assert int8_kernels_saturate(frozenset(flags)) is saturates and has_vnni(frozenset(flags)) is vnni
     assert ("saturating" in int8_kernels(frozenset(flags))) is saturates
@@ -315,14 +313,14 @@ def _weights_of(model_path) -> list[np.ndarray]:
 
 def test_an_int8_export_on_a_cpu_whose_kernels_saturate_uses_7_bit_weights(small_weights, class_folder, tmp_path,
                                                                              monkeypatch, int8_export, capsys):
-    from online_tsm.runtimes import int8_cpu
+    from online_tsm import cpuinfo
 
     here = load_manifest(int8_export).model["quantization"]["weight_bits"]
-    assert here == (7 if int8_cpu.int8_kernels_saturate() else 8)          # the fixture was exported on this CPU
+    assert here == (7 if cpuinfo.int8_kernels_saturate() else 8)          # the fixture was exported on this CPU
     if here == 8:
         full = _weights_of(int8_export / "model.onnx")
         assert full and max(int(np.abs(w).max()) for w in full) > 64
-    monkeypatch.setattr(int8_cpu, "cpu_flags", lambda: frozenset({"avx2", "fma"}))   # as on a Zen 3
+    monkeypatch.setattr(cpuinfo, "cpu_flags", lambda: frozenset({"avx2", "fma"}))   # as on a Zen 3
     out = export_artifact(small_weights, "host", tmp_path / "int8-7bit", precision="int8",
                           calibration=str(class_folder), min_agreement=0.0, drift_frames=20, progress=True)
     q = load_manifest(out).model["quantization"]
@@ -338,17 +336,18 @@ def test_an_8_bit_int8_model_warns_on_a_cpu_whose_kernels_saturate(int8_export, 
     import shutil
     import warnings
 
-    from online_tsm.runtimes import int8_cpu, open_runtime
+    from online_tsm import cpuinfo
+    from online_tsm.runtimes import open_runtime
 
     artifact = shutil.copytree(int8_export, tmp_path / f"int8-{bits}bit")   # as exported on another CPU
     data = json.loads((artifact / MANIFEST_NAME).read_text())
     data["model"]["quantization"]["weight_bits"] = bits
     (artifact / MANIFEST_NAME).write_text(json.dumps(data))
-    monkeypatch.setattr(int8_cpu, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"}))
+    monkeypatch.setattr(cpuinfo, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"}))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         open_runtime(artifact, "onnxruntime").close()                        # VNNI: exact, nothing to say
-    monkeypatch.setattr(int8_cpu, "cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(cpuinfo, "cpu_flags", lambda: frozenset({"avx2"}))
     if bits == 8:
         with pytest.warns(RuntimeWarning, match="8-bit weights, which overflow ONNX Runtime's int8 kernels"):
             open_runtime(artifact, "onnxruntime").close()

@@ -61,7 +61,6 @@ def test_export_and_verify_stage_builds_once_and_passes(shared_cache, monkeypatc
 
 def test_export_and_verify_refuses_a_mismatch(shared_cache, monkeypatch):
     from online_tsm.export import verify
-
     monkeypatch.setenv("ONLINE_TSM_CACHE", str(shared_cache))
     real = verify.verify_artifact
 

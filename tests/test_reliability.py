@@ -18,7 +18,7 @@ import torch
 from online_tsm import weights
 from online_tsm.checkpoint import CheckpointError, load_model, save_checkpoint
 from online_tsm.errors import FrameError, OnlineTSMError, UserError
-from online_tsm.export.manifest import ManifestError, load_manifest, write_manifest
+from online_tsm.manifest import ManifestError, load_manifest, write_manifest
 from online_tsm.fileio import atomic_path, atomic_write, cached_file, file_lock, natural_key
 from online_tsm.models import MobileNetV2TSM
 from online_tsm.preprocess import preprocess_frame
@@ -30,10 +30,10 @@ from online_tsm.weights import WeightsError, fetch_weights, sha256_file
 
 # -- one error family --------------------------------------------------------------------------------------
 def test_every_typed_error_derives_from_one_base():
-    from online_tsm.export.elf import ElfError
-    from online_tsm.export.nvrtc import NvrtcError
-    from online_tsm.export.onnx import ExportError
-    from online_tsm.export.tvm import CompileError
+    from online_tsm.export.device.elf import ElfError
+    from online_tsm.export.tvm.nvrtc import NvrtcError
+    from online_tsm.export.formats.onnx import ExportError
+    from online_tsm.export.tvm.build import CompileError
     from online_tsm.runtimes.base import BackendUnavailable, RuntimeClosedError, RuntimeOpenError
     from online_tsm.runtimes.onnx_batch import BatchingError
     from online_tsm.runtimes.tvm_rpc_backend import RpcTimeoutError
@@ -107,7 +107,7 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
 # -- manifest fields and paths ---------------------------------------------------------------------------------
 @pytest.fixture()
 def manifest_folder(tmp_path) -> Path:
-    from online_tsm.export.onnx import build_manifest
+    from online_tsm.export.formats.onnx import build_manifest
 
     torch.manual_seed(0)
     folder = tmp_path / "artifact"
@@ -204,8 +204,7 @@ def test_cached_files_are_built_once_and_never_left_half_written(tmp_path):
 def test_cuda_stub_is_never_left_half_built(tmp_path, monkeypatch):
     import subprocess
 
-    from online_tsm.export import cuda_build
-
+    from online_tsm.export.tvm import cuda_build
     monkeypatch.setenv("ONLINE_TSM_CACHE", str(tmp_path))
 
     def compiler_killed(cmd, **kwargs):
@@ -221,7 +220,7 @@ def test_cuda_stub_is_never_left_half_built(tmp_path, monkeypatch):
 
 
 def test_killed_sysroot_preparations_are_cleaned_up(tmp_path):
-    from online_tsm.export.sysroot import remove_stale_scratch
+    from online_tsm.export.device.sysroot import remove_stale_scratch
 
     (tmp_path / "arm64-bookworm-abc.partial-4242" / "usr").mkdir(parents=True)
     (tmp_path / "arm64-bookworm-abc.partial-4242.debs").mkdir()
@@ -231,8 +230,7 @@ def test_killed_sysroot_preparations_are_cleaned_up(tmp_path):
 
 
 def test_ensure_sysroot_removes_what_a_killed_preparation_left(tmp_path, monkeypatch):
-    from online_tsm.export import sysroot
-
+    from online_tsm.export.device import sysroot
     pins = {"apache-tvm": "0.27.0"}
     stale = tmp_path / f"{sysroot.sysroot_key(pins)}.partial-4242"
     (stale / "usr").mkdir(parents=True)

@@ -13,7 +13,7 @@ import pytest
 from online_tsm.cli_util import UserError
 from online_tsm.export import api as export_api
 from online_tsm.export.cli import main as export_main
-from online_tsm.export.manifest import ManifestError
+from online_tsm.manifest import ManifestError
 from online_tsm.runtimes import FrameError, open_runtime
 from online_tsm.runtimes.base import RuntimeClosedError, RuntimeOpenError
 from online_tsm.runtimes.tvm_rpc_backend import RpcTimeoutError

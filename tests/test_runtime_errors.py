@@ -9,7 +9,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from online_tsm.export.manifest import ManifestError, load_manifest, write_manifest
+from online_tsm.manifest import ManifestError, load_manifest, write_manifest
 from online_tsm.runtimes import BackendUnavailable, FrameError, RuntimeOpenError, open_runtime
 from online_tsm.runtimes.library import LibraryError, host_arch
 from runtime_artifacts import copy_artifact, free_port, small_artifact  # noqa: F401 -- fixture

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from online_tsm.export.onnx import deterministic_frames
+from online_tsm.export.formats.onnx import deterministic_frames
 from online_tsm.runtimes import open_runtime
 from runtime_artifacts import small_artifact  # noqa: F401 -- fixture
 

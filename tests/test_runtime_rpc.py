@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from online_tsm.export.onnx import deterministic_frames
+from online_tsm.export.formats.onnx import deterministic_frames
 from online_tsm.runtimes import open_runtime
 from runtime_artifacts import rpc_server, small_artifact  # noqa: F401 -- fixtures
 

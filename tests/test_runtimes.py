@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from online_tsm.export.onnx import deterministic_frames, stream_torch
+from online_tsm.export.formats.onnx import deterministic_frames, stream_torch
 from online_tsm.runtimes import available_backends, open_runtime, resolve_auto
 from runtime_artifacts import copy_artifact, small_artifact  # noqa: F401 -- fixture
 
@@ -165,7 +165,7 @@ def test_auto_picks_a_measured_backend_for_a_host_library_and_torch_for_weights(
 
 
 def test_auto_falls_back_to_onnxruntime_without_a_library(small_artifact, tmp_path):
-    from online_tsm.export.manifest import load_manifest, write_manifest
+    from online_tsm.manifest import load_manifest, write_manifest
 
     folder = copy_artifact(small_artifact, tmp_path / "onnx-only")
     manifest = load_manifest(folder)

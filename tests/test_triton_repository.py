@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from online_tsm.export import cli as export_cli
-from online_tsm.export.manifest import load_manifest
-from online_tsm.export.triton import (ARTIFACT_DIR, ORT_MODEL, PYTHON_MODEL, check_ort_config, export_repository,
+from online_tsm.manifest import load_manifest
+from online_tsm.export.formats.triton import (ARTIFACT_DIR, ORT_MODEL, PYTHON_MODEL, check_ort_config, export_repository,
                                       parse_config)
 from online_tsm.runtimes import open_runtime
 from online_tsm.runtimes.triton_model import Item, SequenceError, SequenceStates, step_requests

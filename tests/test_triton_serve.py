@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from online_tsm.export.triton import ARTIFACT_DIR, PYTHON_MODEL, export_repository
+from online_tsm.export.formats.triton import ARTIFACT_DIR, PYTHON_MODEL, export_repository
 from online_tsm.runtimes import RuntimeOpenError, open_runtime
 
 pytestmark = pytest.mark.slow  # starts real Triton servers (10-30 s each)

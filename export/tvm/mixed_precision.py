@@ -35,7 +35,7 @@ def stream_fp16_llvm(onnx_path: Path, manifest: Any, frames: np.ndarray) -> np.n
 
     import tvm
 
-    from online_tsm.export.tvm import input_specs, relax_from_onnx, stream_tvm
+    from online_tsm.export.tvm.build import input_specs, relax_from_onnx, stream_tvm
 
     mod = to_mixed_precision(relax_from_onnx(onnx_path, input_specs(manifest)))
     executable = tvm.compile(mod, tvm.target.Target("llvm"))

@@ -22,7 +22,7 @@ import torch
 from online_tsm.checkpoint import model_info
 from online_tsm.cli_util import first_line
 from online_tsm.errors import OnlineTSMError
-from online_tsm.export.manifest import BufferPair, Manifest, TensorSpec
+from online_tsm.manifest import BufferPair, Manifest, TensorSpec
 from online_tsm.models import MobileNetV2TSM
 from online_tsm.preprocess import resize_size
 
@@ -68,7 +68,7 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, *, opset: int |
     """Write the per-frame graph of ``model`` to ``path``; return the path.
 
     ``model`` is a :class:`MobileNetV2TSM` or a
-    :class:`~online_tsm.export.folded.FoldedPreprocess` around one.
+    :class:`~online_tsm.export.formats.folded.FoldedPreprocess` around one.
     ``opset=None`` uses the exporter's default (torch's dynamo exporter, opset 20).
     """
     path = Path(path)

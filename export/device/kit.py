@@ -1,6 +1,6 @@
 """What an artifact carries to run on the device by itself: ``run.py`` / ``run_onnx.py`` and its tolerance rule.
 
-The script is :mod:`online_tsm.export.device_run`, a template that imports
+The script is :mod:`online_tsm.export.device.run_template`, a template that imports
 only numpy and one runtime, copied verbatim into the folder: the file that
 ``tsm-export verify --emulate`` runs under qemu is the file the user runs on
 the device.  It reads everything from ``manifest.json``, including the
@@ -14,10 +14,10 @@ import os
 import shutil
 from pathlib import Path
 
-from online_tsm.export.manifest import Manifest
+from online_tsm.manifest import Manifest
 from online_tsm.export.targets import ExportTarget
 
-TEMPLATE = Path(__file__).with_name("device_run.py")
+TEMPLATE = Path(__file__).with_name("run_template.py")
 RUN_SCRIPT = "run.py"           # artifacts with a TVM library
 RUN_ONNX_SCRIPT = "run_onnx.py"  # the onnx artifact (ONNX Runtime or TensorRT)
 SCRIPT_ROLE = "script"
@@ -32,7 +32,6 @@ def verification_rule() -> dict[str, float]:
     emulated aarch64 check), where float32 sums run in another order.
     """
     from online_tsm.export import reference
-
     return {"absolute": reference.ABSOLUTE_TOLERANCE, "relative": reference.RELATIVE_TOLERANCE,
             "relative_other_machine": reference.RELATIVE_TOLERANCE_OTHER_MACHINE}
 

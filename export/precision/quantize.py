@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from online_tsm.export.calibration import CalibrationClip
+from online_tsm.export.precision.calibration import CalibrationClip
 from online_tsm.runtimes.base import Runtime
 
 ACTIVATIONS = "uint8"        # QDQ activation type
@@ -70,7 +70,7 @@ def quantize_int8(fp32_onnx: Path, feeds: list[dict[str, np.ndarray]], out: Path
     """Write the U8S8 QDQ model of ``fp32_onnx`` calibrated on ``feeds`` (percentile ranges) to ``out``.
 
     ``seven_bit_weights`` quantizes the weights to [-64, 64] (ORT's ``reduce_range``), which CPUs whose int8
-    kernels saturate need (:mod:`online_tsm.runtimes.int8_cpu`).
+    kernels saturate need (:mod:`online_tsm.cpuinfo`).
     """
     import contextlib
     import io

@@ -4,7 +4,7 @@ How to load and run an exported library (the runtimes do exactly this)::
 
     import numpy as np, tvm
     from tvm import relax
-    from online_tsm.export.manifest import load_manifest
+    from online_tsm.manifest import load_manifest
 
     manifest = load_manifest(folder)
     lib = tvm.runtime.load_module(str(folder / manifest.file_with_role("library")))
@@ -24,10 +24,10 @@ with ``tvm.runtime.load_module`` on a machine that has a compiler.
 
 Pipelines: CPU targets go through the NHWC layout with 1x1 weights packed in
 vector-wide panels, fusion, and the default schedules of
-:mod:`online_tsm.export.cpu_schedules` (plus MetaSchedule records when tuned:
+:mod:`online_tsm.export.tvm.cpu_schedules` (plus MetaSchedule records when tuned:
 records are kept per target row and CPU model, so a machine with another CPU
 finds none and uses the default schedules); CUDA targets through TVM's GPU pipeline (fusion + dlight default
-GPU rules), compiled in a worker process (:mod:`online_tsm.export.cuda_build`).
+GPU rules), compiled in a worker process (:mod:`online_tsm.export.tvm.cuda_build`).
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ import numpy as np
 
 from online_tsm.cli_util import UserError, first_line
 from online_tsm.errors import OnlineTSMError
-from online_tsm.export.manifest import Manifest
+from online_tsm.manifest import Manifest
 from online_tsm.export.targets import ExportTarget
 
 Progress = Callable[[str], None]
@@ -103,7 +103,7 @@ def relax_from_onnx(onnx_path: str | Path, inputs: dict[str, tuple[list[int], st
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
-    from online_tsm.export.relax_passes import clip_to_relax_ops
+    from online_tsm.export.tvm.relax_passes import clip_to_relax_ops
 
     model = onnx.load(str(onnx_path))
     shapes = {name: list(shape) for name, (shape, _) in inputs.items()}
@@ -121,7 +121,7 @@ def cpu_pipeline(target, database=None):  # noqa: ANN001, ANN201 -- TVM objects
     from tvm.relax.backend.cpu_generic import pipeline as cpu
     from tvm.s_tir import dlight as dl
 
-    from online_tsm.export.cpu_schedules import default_cpu_rules
+    from online_tsm.export.tvm.cpu_schedules import default_cpu_rules
 
     @tvm.transform.module_pass(opt_level=0, name="OnlineTSMCPUPipeline")
     def _pipeline(mod, _ctx):  # noqa: ANN001, ANN202
@@ -144,8 +144,8 @@ def cpu_graph_rewrites(mod, target):  # noqa: ANN001, ANN201 -- TVM objects
     Shared by the build and by ``--tune``, so that tuning records describe
     exactly the functions the build schedules.
     """
-    from online_tsm.export.cpu_schedules import vector_lanes
-    from online_tsm.export.relax_passes import pack_pointwise_weights, to_channels_last
+    from online_tsm.export.tvm.cpu_schedules import vector_lanes
+    from online_tsm.export.tvm.relax_passes import pack_pointwise_weights, to_channels_last
 
     return pack_pointwise_weights(to_channels_last(mod), vector_lanes(target))
 
@@ -191,8 +191,8 @@ def tune_cpu(mod, row: ExportTarget, target, trials_per_task: int, progress: Pro
 
     from tvm.s_tir import meta_schedule as ms
 
-    from online_tsm.export.tune_build import candidate_builder, cost_model_name
-    from online_tsm.export.tune_progress import tuning_progress
+    from online_tsm.export.tvm.tuning_builder import candidate_builder, cost_model_name
+    from online_tsm.export.tvm.tuning_progress import tuning_progress
 
     total = trials_per_task * n_tasks
     cost_model = cost_model_name()
@@ -354,7 +354,7 @@ def _tar_note(row: ExportTarget) -> str:
 
 def compile_cuda(onnx_path: Path, manifest: Manifest, row: ExportTarget, out_dir: Path, *, library: str = "auto",
                  tune: int = 0, progress: Progress = _quiet, precision: str = "fp32") -> CompiledLibrary:
-    """Build a CUDA target in a worker process (see :mod:`online_tsm.export.cuda_build`)."""
+    """Build a CUDA target in a worker process (see :mod:`online_tsm.export.tvm.cuda_build`)."""
     if tune:
         raise UserError(f"--tune is not available for {row.name}: GPU kernels use dlight's default GPU "
                         "schedules (valid without tuning); tuning needs the device")
@@ -367,7 +367,7 @@ def compile_cuda(onnx_path: Path, manifest: Manifest, row: ExportTarget, out_dir
                "report": str(report), "precision": precision}
     progress(f"compiling CUDA kernels for {row.name} ({row.tvm_target.get('arch')}) in a worker process")
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "online_tsm.export.cuda_build", json.dumps(request)],
+    proc = subprocess.run([sys.executable, "-m", "online_tsm.export.tvm.cuda_build", json.dumps(request)],
                           capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0 or not report.is_file():
         tail = (proc.stderr or proc.stdout).strip().splitlines()

@@ -2,7 +2,7 @@
 
 ``tsm-export verify DIR --emulate`` calls :func:`verify_emulated`: the
 artifact's own ``run.py`` -- the file the user will run on the device -- is
-run by the *aarch64* Python of ``online_tsm.export.sysroot`` with the aarch64
+run by the *aarch64* Python of ``online_tsm.export.device.sysroot`` with the aarch64
 TVM runtime, with ``--no-timing``.  It checks every sha256, reads the
 library's ELF header, streams the deterministic verification frames with the
 shift buffers carried and compares the logits with the PyTorch reference
@@ -37,11 +37,11 @@ from typing import Iterable
 import numpy as np
 
 from online_tsm.cli_util import UserError
-from online_tsm.export import elf
-from online_tsm.export.manifest import Manifest, ManifestError, load_manifest
+from online_tsm.export.device import elf
+from online_tsm.manifest import Manifest, ManifestError, load_manifest
 from online_tsm.export.reference import (ABSOLUTE_TOLERANCE, RELATIVE_TOLERANCE_OTHER_MACHINE, read_reference,
                                           tolerance_other_machine)
-from online_tsm.export.sysroot import (EmulationUnavailable, Progress, Sysroot, ensure_sysroot, require_tool,
+from online_tsm.export.device.sysroot import (EmulationUnavailable, Progress, Sysroot, ensure_sysroot, require_tool,
                                       stderr_progress)
 from online_tsm.export.targets import TARGETS, ExportTarget
 
@@ -133,7 +133,7 @@ class _Plan:
 
 def _plan(artifact_dir: Path, n_frames: int, workdir: Path, index: int) -> _Plan:
     """Validate the artifact on the host and lay out the folder run.py will check; raises EmulationCheckError."""
-    from online_tsm.export.device_kit import RUN_SCRIPT, SCRIPT_ROLE, TEMPLATE
+    from online_tsm.export.device.kit import RUN_SCRIPT, SCRIPT_ROLE, TEMPLATE
 
     manifest = load_manifest(artifact_dir)
     result = EmulatedCheck(artifact_dir=artifact_dir, target=_target_name(manifest), n_frames=n_frames)
@@ -335,7 +335,7 @@ def verify_emulated(artifact_dir: str | Path, n_frames: int = 16, *,
     it could not be made, e.g. a Jetson library that needs CUDA to load, with
     the reason in ``notes``).  Raises :class:`EmulationCheckError` when no
     logits could be produced (wrong architecture, a library that does not
-    load), :class:`~online_tsm.export.manifest.ManifestError` for a broken
+    load), :class:`~online_tsm.manifest.ManifestError` for a broken
     folder, and :class:`EmulationUnavailable` when this machine cannot emulate.
     """
     directory = Path(artifact_dir)
@@ -347,12 +347,12 @@ def verify_emulated(artifact_dir: str | Path, n_frames: int = 16, *,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m online_tsm.export.emulate DIR...``: a stop-gap until ``tsm-export verify --emulate``."""
+    """``python -m online_tsm.export.device.emulate DIR...``: a stop-gap until ``tsm-export verify --emulate``."""
     import argparse
 
     from online_tsm.cli_util import add_debug_flag, run_cli
 
-    parser = argparse.ArgumentParser(prog="python -m online_tsm.export.emulate",
+    parser = argparse.ArgumentParser(prog="python -m online_tsm.export.device.emulate",
                                      description="Check aarch64 artifacts numerically under qemu emulation.")
     parser.add_argument("dirs", nargs="+", help="artifact folders written by tsm-export")
     parser.add_argument("--frames", type=int, default=16, help="frames to stream (default 16)")

@@ -1,7 +1,7 @@
 """Worker process: compile a CUDA target on a machine with no GPU, into real device code.
 
-Run as ``python -m online_tsm.export.cuda_build REQUEST_JSON`` by
-:func:`online_tsm.export.tvm.compile_cuda`.  Two obstacles, two choices:
+Run as ``python -m online_tsm.export.tvm.cuda_build REQUEST_JSON`` by
+:func:`online_tsm.export.tvm.build.compile_cuda`.  Two obstacles, two choices:
 
 1. TVM's CUDA code generator lives in ``libtvm_runtime_cuda.so``, which links
    the driver library ``libcuda.so.1``.  Without a GPU driver that library does
@@ -11,9 +11,9 @@ Run as ``python -m online_tsm.export.cuda_build REQUEST_JSON`` by
    compiler; every function returns CUDA_ERROR_NO_DEVICE) before TVM, so the
    code generator loads.  Nothing here ever runs a kernel.
 2. The CUDA 13 toolkit cannot target the Nano's ``sm_53``; TVM's compile hook
-   is pointed at NVRTC 12.9 (:mod:`online_tsm.export.nvrtc`), which can.
+   is pointed at NVRTC 12.9 (:mod:`online_tsm.export.tvm.nvrtc`), which can.
 
-The result is checked in the bytes (:mod:`online_tsm.export.elf`): a library
+The result is checked in the bytes (:mod:`online_tsm.export.device.elf`): a library
 without a cubin for the target's architecture is an error, not a warning.
 A separate process is needed because the stub must be in place before TVM's
 runtime libraries load, which in a long-lived process (tests, notebooks) has
@@ -82,8 +82,10 @@ def build(request: dict) -> dict:
     import tvm.support.nvcc  # noqa: F401 -- registers TVM's own compile hook, which is replaced below
     import tvm_ffi
 
-    from online_tsm.export import elf, nvrtc
-    from online_tsm.export.tvm import relax_from_onnx
+    from online_tsm.export.device import elf
+
+    from online_tsm.export.tvm import nvrtc
+    from online_tsm.export.tvm.build import relax_from_onnx
 
     arch = request["target"]["arch"]
     compiled = []
@@ -100,7 +102,7 @@ def build(request: dict) -> dict:
     target = tvm.target.Target(request["target"], host=request["host"])
     mod = relax_from_onnx(request["onnx"], {k: (v[0], v[1]) for k, v in request["inputs"].items()})
     if request.get("precision") == "fp16":
-        from online_tsm.export.mixed_precision import to_mixed_precision
+        from online_tsm.export.tvm.mixed_precision import to_mixed_precision
 
         mod = to_mixed_precision(mod)
     with target:  # TVM's compile hook reads the current target

@@ -45,21 +45,14 @@ import struct
 import sys
 import time
 
-# A developer running the template from online-tsm's own export/ folder would import its tvm.py instead of
-# Apache TVM; an artifact folder holds no Python packages, so this only ever removes that folder.
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_SHADOWING = {d for d in (_HERE, os.path.dirname(os.path.realpath(__file__)))
-              if os.path.exists(os.path.join(d, "tvm.py"))}
-if __name__ == "__main__" and _SHADOWING:   # (Python puts the script's real folder first on sys.path)
-    sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) not in
-                   {os.path.realpath(d) for d in _SHADOWING}]
 
 SCHEMA = "online-tsm-device-run/1"
 MANIFEST_NAME = "manifest.json"
 ARTIFACT_FORMAT = "online-tsm-artifact"
 ARTIFACT_VERSION = 1
 #: The tolerance rule of ``tsm-export verify`` (online_tsm.export.reference) and of the emulated check
-#: (online_tsm.export.emulate), used only when an older manifest does not carry it (target.verification).
+#: (online_tsm.export.device.emulate), used only when an older manifest does not carry it (target.verification).
 DEFAULT_RULE = {"absolute": 1e-4, "relative": 1e-5, "relative_other_machine": 1e-4}
 #: TensorRT --fp16 computes in half precision: ~1e-3 relative per operation, compounded over the network and
 #: the carried buffers.  Looser than the float32 rule on purpose, and reported as such.

@@ -18,9 +18,9 @@ from typing import Any, Callable
 import numpy as np
 
 from online_tsm.cli_util import UserError
-from online_tsm.export.manifest import Manifest, write_manifest
-from online_tsm.export.onnx import ExportError, stream_onnxruntime
-from online_tsm.export.quantize import (ACTIVATIONS, DRIFT_FRAMES, PERCENTILE, WEIGHTS, measure_agreement,
+from online_tsm.manifest import Manifest, write_manifest
+from online_tsm.export.formats.onnx import ExportError, stream_onnxruntime
+from online_tsm.export.precision.quantize import (ACTIVATIONS, DRIFT_FRAMES, PERCENTILE, WEIGHTS, measure_agreement,
                                         quantize_int8, record_feeds, verification_check)
 from online_tsm.export.targets import ExportTarget
 
@@ -83,10 +83,10 @@ def export_int8(model: Any, onnx_path: Path, manifest: Manifest, frames: np.ndar
                 say: Callable[[str], None], *, calibration: str, min_agreement: float,
                 drift_frames: int | None = None) -> dict[str, Any]:
     """Replace ``onnx_path`` (float32, verified) by its int8 model; return the manifest's ``quantization`` entry."""
-    from online_tsm.export.calibration import load_calibration
+    from online_tsm.export.precision.calibration import load_calibration
     from online_tsm.pacing import pace_from_metadata
     from online_tsm.runtimes import open_runtime
-    from online_tsm.runtimes.int8_cpu import int8_kernels, int8_kernels_saturate
+    from online_tsm.cpuinfo import int8_kernels, int8_kernels_saturate
 
     every = pace_from_metadata(manifest.model).every
     split = manifest.model.get("training_split") or {}
@@ -144,7 +144,7 @@ def export_int8(model: Any, onnx_path: Path, manifest: Manifest, frames: np.ndar
 def check_fp16(onnx_path: Path, manifest: Manifest, frames: np.ndarray, reference: np.ndarray,
                say: Callable[[str], None]) -> dict[str, Any]:
     """The fp16 GPU library's numerics, checked on this CPU; returns the manifest's ``fp16_check`` entry."""
-    from online_tsm.export.mixed_precision import FP16_TOLERANCE, measure_fp16, passes
+    from online_tsm.export.tvm.mixed_precision import FP16_TOLERANCE, measure_fp16, passes
 
     say(f"checking fp16 numerics: the same mixed-precision module built for this CPU, {len(frames)} streamed frames")
     check = measure_fp16(onnx_path, manifest, frames, reference)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from online_tsm.cli_util import UserError
-from online_tsm.export.manifest import MANIFEST_NAME, Manifest, load_manifest
+from online_tsm.manifest import MANIFEST_NAME, Manifest, load_manifest
 
 PYTHON_MODEL = "online_tsm"
 ORT_MODEL = "online_tsm_ort"

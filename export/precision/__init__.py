@@ -1,0 +1,1 @@
+"""Reduced precision: which precisions a row takes, int8 quantization and calibration, measured agreement."""
