@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from online_tsm.cli_util import UserError
+from online_tsm.errors import UserError
 from online_tsm.manifest import MANIFEST_NAME, ManifestError, load_manifest
 from online_tsm.models import MobileNetV2TSM
 from online_tsm.weights import cache_dir

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from online_tsm.address import parse_host_port
-from online_tsm.cli_util import UserError
+from online_tsm.errors import UserError
 from online_tsm.elf import host_arch, normalize_arch
 from online_tsm.models import MobileNetV2TSM
 from online_tsm.runtimes import BACKENDS, open_runtime

@@ -13,7 +13,8 @@ from typing import Sequence
 from online_tsm.benchmarks.backends import BACKEND_PLANS
 from online_tsm.benchmarks.report import render_terminal, write_json, write_markdown, write_plot
 from online_tsm.benchmarks.suite import BenchConfig, BenchReport, run_benchmark
-from online_tsm.cli_util import UserError, add_debug_flag, run_cli
+from online_tsm.cli_util import add_debug_flag, run_cli
+from online_tsm.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:

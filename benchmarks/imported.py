@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from online_tsm.benchmarks.models import PAPER_INPUT_SIZE, PAPER_WIDTH
 from online_tsm.benchmarks.reference import PAPER_ROWS
-from online_tsm.cli_util import UserError
+from online_tsm.errors import UserError
 
 SCHEMA = "online-tsm-device-run/1"
 

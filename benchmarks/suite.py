@@ -27,7 +27,8 @@ from online_tsm.benchmarks.backends import (BACKEND_PLANS, HOST_TVM_TARGET, ONNX
 from online_tsm.benchmarks.latency import Contestant, LatencyStats, cycle_frames, measure_interleaved, measure_stages
 from online_tsm.benchmarks.models import BenchModel, resolve_bench_model
 from online_tsm.benchmarks.reference import PAPER_ROWS, roofline_rows
-from online_tsm.cli_util import UserError, first_line
+from online_tsm.errors import UserError
+from online_tsm.messages import first_line
 from online_tsm.runtimes.base import Runtime
 from online_tsm.runtimes.tvm_backend import default_threads as tvm_default_threads
 from online_tsm.smoothing import PredictionSmoother

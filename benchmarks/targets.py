@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from online_tsm.benchmarks import head_to_head
 from online_tsm.cpuinfo import has_vnni
+from online_tsm.verification import DEFAULT_MIN_AGREEMENT
 
 if TYPE_CHECKING:
     from online_tsm.benchmarks.suite import BenchReport
@@ -24,7 +25,7 @@ INT8_VS_PLAIN_VNNI = 1.5     # best int8 path against the plain ORT float32 loop
 INT8_VS_PLAIN_AVX2 = 1.2     # ... and on AVX2 CPUs without it
 AUTO_SLACK = 0.05
 SHIFT_MOVEMENT_LIMIT = 0.03
-MIN_AGREEMENT = 0.98
+MIN_AGREEMENT = DEFAULT_MIN_AGREEMENT   # int8 counts as the faster path only at the agreement the export requires
 
 
 def comparable_p50(report: "BenchReport") -> tuple[dict[str, float], str]:

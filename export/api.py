@@ -18,40 +18,29 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
-import sys
-import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from online_tsm.cli_util import UserError
+from online_tsm.errors import UserError
 from online_tsm.export.formats.folded import DEFAULT_CAMERA_SIZE, FoldedPreprocess
-from online_tsm.manifest import MANIFEST_NAME, Manifest, TensorSpec, write_manifest
 from online_tsm.export.formats.onnx import ExportError, build_manifest, export_onnx, stream_onnxruntime, stream_torch
-from online_tsm.export.reference import (REFERENCE_FRAMES, REFERENCE_NAME, compare, frames_for, tolerance_same_machine,
-                                         write_reference)
+from online_tsm.export.options import ExportOptions, check_options
+from online_tsm.export.reference import REFERENCE_FRAMES, REFERENCE_NAME, frames_for, write_reference
+from online_tsm.export.staging import discard_out_dir, prepare_out_dir, publish_out_dir
 from online_tsm.export.targets import ExportTarget, get_target
+from online_tsm.manifest import Manifest, TensorSpec, write_manifest
 from online_tsm.models import MobileNetV2TSM
+from online_tsm.progress import Progress
+from online_tsm.verification import (DEFAULT_MIN_AGREEMENT, FP32, VerificationRule, max_abs_diff, measured_int8_rule,
+                                     verification_entry)
 
 ONNX_NAME = "model.onnx"
 README_NAME = "README.txt"
 SHIFT_CHOICES = ("causal", "none")
-
-
-class Progress:
-    """Stage messages with elapsed seconds on stderr (silent when disabled)."""
-
-    def __init__(self, enabled: bool = True, stream: Any = None) -> None:
-        self.enabled = enabled
-        self.stream = stream or sys.stderr
-        self.start = time.perf_counter()
-
-    def __call__(self, message: str) -> None:
-        if self.enabled:
-            print(f"[{time.perf_counter() - self.start:6.1f}s] {message}", file=self.stream, flush=True)
 
 
 # -- inputs --------------------------------------------------------------------------------
@@ -92,118 +81,6 @@ def _model_name(weights_or_model: Any) -> str:
         return "online-tsm"
     text = str(weights_or_model)
     return Path(text).stem.split(".")[0] if os.sep in text or Path(text).suffix else text
-
-
-def _is_artifact_folder(path: Path) -> bool:
-    """Whether ``path`` holds an online-tsm export: a ``manifest.json`` of our format, not just any manifest."""
-    import json
-
-    from online_tsm.manifest import ARTIFACT_FORMAT
-
-    try:
-        data = json.loads((path / MANIFEST_NAME).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("format") == ARTIFACT_FORMAT
-
-
-def prepare_out_dir(out_dir: str | os.PathLike, force: bool) -> Path:
-    """A fresh staging folder to export into; :func:`publish_out_dir` moves it to ``out_dir`` when complete.
-
-    An existing non-empty ``out_dir`` needs ``force`` and must be an online-tsm
-    export (its manifest says so): a folder with some other ``manifest.json``
-    (a web app's, an extension's) is never touched.  The staging folder lies
-    beside ``out_dir`` (same file system, so the final move is a rename) and
-    has the same name, so files that mention the folder name are right.
-    """
-    import tempfile
-
-    from online_tsm.manifest import ARTIFACT_FORMAT
-
-    path = Path(out_dir).expanduser()
-    if path.exists() and not path.is_dir():
-        raise UserError(f"output path {path} exists and is not a folder")
-    _sweep_killed_exports(path)
-    if path.is_dir() and any(path.iterdir()):
-        if not force:
-            raise UserError(f"output folder {path} already exists and is not empty; pass --force to replace it")
-        if not _is_artifact_folder(path):
-            raise UserError(f"refusing to replace {path}: it is not a tsm-export artifact folder (expected a "
-                            f"{MANIFEST_NAME} of format {ARTIFACT_FORMAT!r}); choose another -o")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    holder = Path(tempfile.mkdtemp(prefix=f"{_holder_prefix(path)}", dir=path.parent))
-    (holder / OWNER_FILE).write_text(f"{os.getpid()}\n")
-    staging = holder / path.name
-    staging.mkdir()
-    return staging
-
-
-OWNER_FILE = "owner.pid"   # in a staging folder's holder: the exporting process
-
-
-def _holder_prefix(path: Path) -> str:
-    return f".{path.name}.tsm-export-"
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True   # someone else's process
-    return True
-
-
-def _sweep_killed_exports(path: Path) -> None:
-    """Clear what an export killed outright (SIGKILL, power loss) left beside ``path``.
-
-    A staging folder is removed once the process that made it is gone; if
-    that process had already moved the previous export aside to publish the
-    new one, the previous export is put back first.  Folders without an
-    owner file, or whose owner still runs, are left alone.
-    """
-    if not path.parent.is_dir():
-        return
-    for holder in path.parent.glob(f"{_holder_prefix(path)}*"):
-        try:
-            pid = int((holder / OWNER_FILE).read_text())
-        except (OSError, ValueError):
-            continue
-        if _process_alive(pid):
-            continue
-        previous = holder / f"{path.name}.old"
-        if previous.is_dir() and not path.exists():
-            os.rename(previous, path)
-        shutil.rmtree(holder, ignore_errors=True)
-
-
-def publish_out_dir(staging: Path, out_dir: str | os.PathLike) -> Path:
-    """Move the complete export ``staging`` to ``out_dir``, replacing the artifact (or empty folder) there.
-
-    The old artifact is renamed aside first and deleted only once the new
-    one is in place, so at every moment ``out_dir`` holds a complete export.
-    """
-    path = Path(out_dir).expanduser()
-    holder = staging.parent
-    old = holder / f"{path.name}.old"
-    if path.is_dir() and not any(path.iterdir()):
-        path.rmdir()
-    elif path.exists():
-        os.rename(path, old)
-    try:
-        os.rename(staging, path)
-    except OSError:
-        if old.exists() and not path.exists():
-            os.rename(old, path)     # put the previous export back
-        raise
-    shutil.rmtree(holder, ignore_errors=True)
-    return path
-
-
-def discard_out_dir(staging: Path) -> None:
-    """Remove a staging folder after a failed export; ``out_dir`` was never touched."""
-    shutil.rmtree(staging.parent, ignore_errors=True)
 
 
 # -- manifest pieces -------------------------------------------------------------------------
@@ -252,7 +129,7 @@ def export_artifact(weights_or_model: Any, target: str, out_dir: str | os.PathLi
                     opset: int | None = None, fold_preprocess: bool = False, tune: int = 0, force: bool = False,
                     shift: str = "causal", progress: bool = True, camera_size: tuple[int, int] = DEFAULT_CAMERA_SIZE,
                     color_order: str = "bgr", library: str = "auto", precision: str = "fp32",
-                    calibration: str | None = None, min_agreement: float = 0.98,
+                    calibration: str | None = None, min_agreement: float = DEFAULT_MIN_AGREEMENT,
                     drift_frames: int | None = None, ort_shift: str = "slice",
                     tuning_records: bool = True) -> Path:
     """Export ``weights_or_model`` for ``target`` into ``out_dir``; return the folder.
@@ -266,41 +143,36 @@ def export_artifact(weights_or_model: Any, target: str, out_dir: str | os.PathLi
 
     ``precision="int8"`` (targets ``host`` and ``onnx``) writes a QDQ
     ``model.onnx`` for ONNX Runtime calibrated on ``calibration`` (see
-    :mod:`.calibration`; ``synthetic`` by default for the shipped default
-    model) and stores its agreement with float32 in the manifest; the export
-    fails below ``min_agreement``.  ``ort_shift="conv"`` expresses the shift
-    as 1x1 convolutions in ``model.onnx`` (:mod:`.shift_fold`).
+    :mod:`.precision.calibration`; ``synthetic`` by default for the shipped
+    default model) and stores its agreement with float32 in the manifest; the
+    export fails below ``min_agreement``.  ``ort_shift="conv"`` expresses the
+    shift as 1x1 convolutions in ``model.onnx`` (:mod:`.formats.shift_fold`).
     ``tuning_records=False`` compiles a CPU library with the default
-    schedules even when ``tune`` records exist for this CPU.
+    schedules even when ``tune`` records exist for this CPU.  What each target
+    accepts is written in its row (:mod:`.targets`, checked by :mod:`.options`).
     """
     say = Progress(progress)
     row = get_target(target)
-    from online_tsm.export.precision.options import check_precision
+    options = ExportOptions(precision=precision, tune=tune, library=library, calibration=calibration,
+                            min_agreement=min_agreement, ort_shift=ort_shift, tuning_records=tuning_records)
+    check_options(row, options)
+    from online_tsm.export.precision.options import calibration_for
 
-    calibration = check_precision(precision, row, weights_or_model, calibration, min_agreement)
-    if ort_shift not in ("slice", "conv"):
-        raise UserError(f"ort_shift must be slice or conv, got {ort_shift!r}")
-    if library not in ("auto", "so", "tar"):
-        raise UserError(f"library must be auto, so or tar, got {library!r}")
-    if library == "so" and row.kind != "onnx" and row.cross and row.find_linker() is None:
+    options = replace(options, calibration=calibration_for(options.precision, weights_or_model, calibration))
+    if library == "so" and row.cross and row.find_linker() is None:
         from online_tsm.export.tvm.build import _choose_suffix
 
         _choose_suffix(row, None, "so")  # raises the one-line "missing cross compiler" error before any work
-    if tune and row.kind != "cpu" or tune and row.cross:
-        raise UserError(f"--tune measures candidates on this machine, so it works for the host target only "
-                        f"(not {row.name})")
-    if tune and not tuning_records:
-        raise UserError("--tune makes tuning records and --no-tuning-records ignores them: give one of the two")
-    if tune < 0:
-        raise UserError(f"--tune must be >= 0, got {tune}")
     model = load_export_model(weights_or_model, input_size, shift)
     staging = prepare_out_dir(out_dir, force)
     try:
-        _export(model, row, staging, say, name=_model_name(weights_or_model), shift=shift, opset=opset,
-                fold=fold_preprocess, camera_size=camera_size, color_order=color_order, tune=tune,
-                library=library, precision=precision, calibration=calibration,
-                min_agreement=min_agreement, drift_frames=drift_frames, ort_shift=ort_shift,
-                tuning_records=tuning_records)
+        job = _Job(model, row, staging, say, options, drift_frames=drift_frames)
+        _describe(job, name=_model_name(weights_or_model), shift=shift, fold=fold_preprocess,
+                  camera_size=camera_size, color_order=color_order)
+        _export_onnx_verified(job, opset)
+        _compile(job)
+        _reduce_precision(job)
+        _finish(job)
         out = publish_out_dir(staging, out_dir)
     except BaseException:
         discard_out_dir(staging)  # a failed export leaves the previous one (or nothing) where it was
@@ -309,102 +181,154 @@ def export_artifact(weights_or_model: Any, target: str, out_dir: str | os.PathLi
     return out
 
 
-def _export(model: MobileNetV2TSM, row: ExportTarget, out: Path, say: Progress, *, name: str, shift: str,
-            opset: int | None, fold: bool, camera_size: tuple[int, int], color_order: str, tune: int,
-            library: str, precision: str = "fp32", calibration: str | None = None, min_agreement: float = 0.98,
-            drift_frames: int | None = None, ort_shift: str = "slice", tuning_records: bool = True) -> Path:
-    graph_model: torch.nn.Module = model
-    manifest = build_manifest(model, name=name, shift=shift)
+@dataclass
+class _Job:
+    """What the stages of one export share: the request, and what earlier stages produced."""
+
+    model: MobileNetV2TSM
+    row: ExportTarget
+    out: Path
+    say: Progress
+    options: ExportOptions
+    drift_frames: int | None = None
+    graph_model: torch.nn.Module | None = None          # the model, or the model with pre-processing folded in
+    manifest: Manifest | None = None
+    frames: np.ndarray | None = None                    # the verification frames
+    reference: np.ndarray | None = None                 # PyTorch's logits over them
+    compiled: Any = None                                # the TVM library, where the row has one
+    roles: dict[str, str] = field(default_factory=dict)  # file name -> role in the manifest
+    notes: list[str] = field(default_factory=list)
+    extra_rules: dict[str, VerificationRule] = field(default_factory=dict)
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.out / ONNX_NAME
+
+    @property
+    def tolerance(self) -> float:
+        """The float32 rule where the reference was computed: every graph made here must meet it."""
+        return FP32.tolerance(self.reference, same_machine=True)
+
+    def check_against_reference(self, logits: np.ndarray, what: str) -> float:
+        """Max abs diff of ``logits`` from PyTorch's; ExportError naming ``what`` when over the float32 rule."""
+        diff = max_abs_diff(logits, self.reference)
+        if not diff <= self.tolerance:
+            raise ExportError(f"{what} disagrees with PyTorch: max abs diff {diff:.3g} > tolerance "
+                              f"{self.tolerance:.3g}")
+        return diff
+
+
+def _describe(job: _Job, *, name: str, shift: str, fold: bool, camera_size: tuple[int, int],
+              color_order: str) -> None:
+    """The manifest's model, inputs and outputs, and the graph to export (pre-processing folded in or not)."""
+    job.graph_model = job.model
+    job.manifest = manifest = build_manifest(job.model, name=name, shift=shift)
     if fold:
-        info = getattr(model, "info", None)
-        wrapper = FoldedPreprocess(model, camera_size, color_order,
+        info = getattr(job.model, "info", None)
+        wrapper = FoldedPreprocess(job.model, camera_size, color_order,
                                    mean=manifest.preprocess["mean"], std=manifest.preprocess["std"])
         _fold_manifest(manifest, wrapper)
-        graph_model = wrapper.eval()
+        job.graph_model = wrapper.eval()
         if info is not None:
-            graph_model.info = info
+            job.graph_model.info = info
     manifest.preprocess["verification_frames"] = "camera" if fold else "normalised"
+    job.frames = frames_for(manifest, REFERENCE_FRAMES)
 
-    onnx_path = out / ONNX_NAME
-    frames = frames_for(manifest, REFERENCE_FRAMES)
-    key = _graph_key(graph_model, opset, manifest)
+
+def _export_onnx_verified(job: _Job, opset: int | None) -> None:
+    """``model.onnx`` (simplified) and ``reference.npz``, the graph checked against PyTorch with ONNX Runtime."""
+    manifest, say = job.manifest, job.say
+    key = _graph_key(job.graph_model, opset, manifest)
     if key in _VERIFIED_GRAPHS:
-        graph_bytes, reference, diff = _VERIFIED_GRAPHS[key]
-        onnx_path.write_bytes(graph_bytes)
-        tolerance = tolerance_same_machine(reference)
+        graph_bytes, job.reference, diff = _VERIFIED_GRAPHS[key]
+        job.onnx_path.write_bytes(graph_bytes)
         say(f"reusing the ONNX graph verified earlier in this process (max abs diff {diff:.2e} vs PyTorch)")
     else:
+        folded = manifest.preprocess.get("folded")
         say(f"exporting the per-frame ONNX graph ({len(manifest.buffers)} shift buffers, "
-            f"{'uint8 camera frames ' + 'x'.join(map(str, camera_size)) if fold else 'input ' + str(model.input_size)})")
-        export_onnx(graph_model, onnx_path, opset=opset, simplify=False)
+            + (f"uint8 camera frames {'x'.join(map(str, manifest.preprocess['camera_size']))})" if folded
+               else f"input {job.model.input_size})"))
+        export_onnx(job.graph_model, job.onnx_path, opset=opset, simplify=False)
         say("simplifying with onnxslim and checking the graph")
-        _simplify(onnx_path)
-        reference = stream_torch(graph_model, frames)
-        tolerance = tolerance_same_machine(reference)
+        _simplify(job.onnx_path)
+        job.reference = stream_torch(job.graph_model, job.frames)
         say(f"verifying ONNX (ONNX Runtime) against PyTorch over {REFERENCE_FRAMES} streamed frames")
-        diff = compare(stream_onnxruntime(onnx_path, manifest, frames), reference)
-        if not diff <= tolerance:
-            raise ExportError(f"the simplified ONNX graph disagrees with PyTorch: max abs diff {diff:.3g} > "
-                              f"tolerance {tolerance:.3g}")
-        say(f"ONNX matches PyTorch: max abs diff {diff:.2e} (tolerance {tolerance:.1e})")
+        diff = job.check_against_reference(stream_onnxruntime(job.onnx_path, manifest, job.frames),
+                                           "the simplified ONNX graph")
+        say(f"ONNX matches PyTorch: max abs diff {diff:.2e} (tolerance {job.tolerance:.1e})")
         while len(_VERIFIED_GRAPHS) >= 4:
             _VERIFIED_GRAPHS.pop(next(iter(_VERIFIED_GRAPHS)))
-        _VERIFIED_GRAPHS[key] = (onnx_path.read_bytes(), reference, diff)
-    write_reference(out / REFERENCE_NAME, reference, frames_kind=manifest.preprocess["verification_frames"])
+        _VERIFIED_GRAPHS[key] = (job.onnx_path.read_bytes(), job.reference, diff)
+    write_reference(job.out / REFERENCE_NAME, job.reference, frames_kind=manifest.preprocess["verification_frames"])
+    job.roles.update({ONNX_NAME: "onnx", REFERENCE_NAME: "reference"})
 
-    compiled = None
-    notes: list[str] = []
-    if row.kind != "onnx" and precision == "int8":
-        notes.append("int8 runs on ONNX Runtime (model.onnx, QDQ); no TVM library is built for int8")
-    elif row.kind != "onnx":
-        from online_tsm.export.tvm.build import compile_library
 
-        compiled = compile_library(onnx_path, manifest, row, out, library=library, tune=tune, progress=say,
-                                   precision=precision, tuning_records=tuning_records)
-        notes += compiled.notes
-        for note in compiled.notes:
-            say(f"note: {note}")
-        _check_library(out / compiled.filename, row, compiled, say)
-        if row.runs_here:
-            from online_tsm.export.tvm.build import stream_tvm
+def _compile(job: _Job) -> None:
+    """The row's TVM library (none for ONNX rows and int8), checked for its machine and, here, for its numbers."""
+    row, options, say = job.row, job.options, job.say
+    if row.kind == "onnx":
+        return
+    if options.precision == "int8":
+        job.notes.append("int8 runs on ONNX Runtime (model.onnx, QDQ); no TVM library is built for int8")
+        return
+    from online_tsm.export.tvm.build import compile_library
 
-            say(f"verifying the TVM library against PyTorch over {REFERENCE_FRAMES} streamed frames")
-            diff = compare(stream_tvm(out / compiled.filename, manifest, frames), reference)
-            if not diff <= tolerance:
-                raise ExportError(f"the TVM build disagrees with PyTorch: max abs diff {diff:.3g} > tolerance "
-                                  f"{tolerance:.3g}")
-            say(f"TVM library matches PyTorch: max abs diff {diff:.2e}")
+    job.compiled = compiled = compile_library(job.onnx_path, job.manifest, row, job.out, library=options.library,
+                                              tune=options.tune, progress=say, precision=options.precision,
+                                              tuning_records=options.tuning_records)
+    job.notes += compiled.notes
+    for note in compiled.notes:
+        say(f"note: {note}")
+    _check_library(job.out / compiled.filename, row, compiled, say)
+    job.roles[compiled.filename] = "library"
+    if row.runs_here:
+        from online_tsm.export.tvm.build import stream_tvm
 
-    if ort_shift == "conv":
-        _fold_shift(onnx_path, manifest, frames, reference, tolerance, say)
-    manifest.model["precision"] = precision
-    if precision == "fp16":
+        say(f"verifying the TVM library against PyTorch over {REFERENCE_FRAMES} streamed frames")
+        diff = job.check_against_reference(stream_tvm(job.out / compiled.filename, job.manifest, job.frames),
+                                           "the TVM build")
+        say(f"TVM library matches PyTorch: max abs diff {diff:.2e}")
+
+
+def _reduce_precision(job: _Job) -> None:
+    """The ONNX Runtime shift rewrite, and the fp16 check or the int8 model with its measured rule."""
+    manifest, options = job.manifest, job.options
+    if options.ort_shift == "conv":
+        _fold_shift(job)
+    manifest.model["precision"] = options.precision
+    if options.precision == "fp16":
         from online_tsm.export.precision.options import check_fp16
 
-        manifest.model["fp16_check"] = check_fp16(onnx_path, manifest, frames, reference, say)
-    if precision == "int8":
+        manifest.model["fp16_check"] = check_fp16(job.onnx_path, manifest, job.frames, job.reference, job.say)
+    if options.precision == "int8":
         from online_tsm.export.precision.options import export_int8
 
-        manifest.model["quantization"] = export_int8(model, onnx_path, manifest, frames, reference, say,
-                                                     calibration=str(calibration), min_agreement=min_agreement,
-                                                     drift_frames=drift_frames)
+        quantization = export_int8(job.model, job.onnx_path, manifest, job.frames, job.reference, job.say,
+                                   calibration=str(options.calibration), min_agreement=options.min_agreement,
+                                   drift_frames=job.drift_frames)
+        manifest.model["quantization"] = quantization
+        measured = quantization["verification"]
+        job.extra_rules["int8"] = measured_int8_rule(measured["max_abs_diff"], measured["top1_agreement"])
+
+
+def _finish(job: _Job) -> None:
+    """The manifest's target, rules and versions, the device kit and README.txt; then the manifest itself."""
+    from online_tsm.export.device.kit import add_device_kit
+    from online_tsm.export.readme import artifact_readme
+
+    manifest, row, compiled = job.manifest, job.row, job.compiled
     manifest.target = row.to_manifest(library=compiled.filename if compiled else None)
     if compiled is not None:
         manifest.target.update(tvm_target_resolved=compiled.tvm_target, device_code=compiled.device_code,
                                tuning=compiled.tuning)
-    manifest.target["notes"] = notes
+    manifest.target["notes"] = job.notes
+    manifest.verification = verification_entry(job.options.precision, job.extra_rules)
     manifest.compiler = _compiler_versions(row, compiled)
-    from online_tsm.export.readme import artifact_readme
-
-    roles = {ONNX_NAME: "onnx", REFERENCE_NAME: "reference", README_NAME: "readme"}
-    if compiled is not None:
-        roles[compiled.filename] = "library"
-    from online_tsm.export.device.kit import add_device_kit
-
-    roles.update(add_device_kit(out, manifest, row))   # run.py / run_onnx.py: verify and time on the device
-    (out / README_NAME).write_text(artifact_readme(manifest, row, out.name, files=sorted(roles), roles=roles))
-    write_manifest(out, manifest, roles)
-    return out
+    job.roles[README_NAME] = "readme"
+    job.roles.update(add_device_kit(job.out, manifest, row))   # run.py / run_onnx.py: verify and time on the device
+    (job.out / README_NAME).write_text(artifact_readme(manifest, row, job.out.name, files=sorted(job.roles),
+                                                       roles=job.roles))
+    write_manifest(job.out, manifest, job.roles)
 
 
 # Exporting one model for several targets in one process (a script, the test suite) re-uses the
@@ -426,9 +350,8 @@ def _graph_key(graph_model: torch.nn.Module, opset: int | None, manifest: Manife
     return digest.hexdigest()
 
 
-def _fold_shift(onnx_path: Path, manifest: Manifest, frames: np.ndarray, reference: np.ndarray, tolerance: float,
-                say: Progress) -> None:
-    """Rewrite ``model.onnx``'s shift so that ONNX Runtime keeps its blocked layout (:mod:`.shift_fold`), re-checked.
+def _fold_shift(job: _Job) -> None:
+    """Rewrite ``model.onnx``'s shift so that ONNX Runtime keeps its blocked layout (:mod:`.formats.shift_fold`).
 
     Done after the TVM build, which compiles the plain graph (TVM slices
     channels in its own layout at no cost); the rewrite gives the same values
@@ -438,20 +361,21 @@ def _fold_shift(onnx_path: Path, manifest: Manifest, frames: np.ndarray, referen
 
     from online_tsm.export.formats.shift_fold import fold_shift_into_convs
 
-    graph, count = fold_shift_into_convs(onnx.load(str(onnx_path)))
+    graph, count = fold_shift_into_convs(onnx.load(str(job.onnx_path)))
     if not count:
         return
-    tmp = onnx_path.with_suffix(".folding.onnx")
+    tmp = job.onnx_path.with_suffix(".folding.onnx")
     onnx.save(graph, str(tmp))
-    diff = compare(stream_onnxruntime(tmp, manifest, frames), reference)
-    if not diff <= tolerance:
+    try:
+        diff = job.check_against_reference(stream_onnxruntime(tmp, job.manifest, job.frames),
+                                           "the shift rewrite for ONNX Runtime")
+    except ExportError:
         tmp.unlink()
-        raise ExportError(f"the shift rewrite for ONNX Runtime changed the logits: max abs diff {diff:.3g} > "
-                          f"tolerance {tolerance:.3g}")
-    os.replace(tmp, onnx_path)
-    manifest.model["shift_graph"] = "1x1 convolutions (no channel slicing; ONNX Runtime keeps its blocked layout)"
-    say(f"shift at {count} points expressed as 1x1 convolutions for ONNX Runtime: max abs diff {diff:.2e} vs "
-        "PyTorch")
+        raise
+    os.replace(tmp, job.onnx_path)
+    job.manifest.model["shift_graph"] = "1x1 convolutions (no channel slicing; ONNX Runtime keeps its blocked layout)"
+    job.say(f"shift at {count} points expressed as 1x1 convolutions for ONNX Runtime: max abs diff {diff:.2e} vs "
+            "PyTorch")
 
 
 def _simplify(onnx_path: Path) -> None:
@@ -471,6 +395,7 @@ def _simplify(onnx_path: Path) -> None:
 def _check_library(path: Path, row: ExportTarget, compiled: Any, say: Progress) -> None:
     """The library's host code must be for the target's machine; CUDA ones must carry device code."""
     from online_tsm.export.device import elf
+
     machines = set(elf.library_machines(path).values())
     expected = row.elf_machine
     if expected is not None and machines != {expected}:

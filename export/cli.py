@@ -10,7 +10,11 @@ import argparse
 import sys
 from typing import Sequence
 
-from online_tsm.cli_util import UserError, add_debug_flag, run_cli
+from online_tsm.cli_util import add_debug_flag, run_cli
+
+from online_tsm.errors import UserError
+from online_tsm.export.options import rows_taking
+from online_tsm.verification import DEFAULT_MIN_AGREEMENT, PRECISIONS
 
 
 def _export_parser() -> argparse.ArgumentParser:
@@ -50,16 +54,17 @@ def _export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true",
                         help="replace an existing folder written by tsm-export (any other folder is refused); the "
                              "old export stays in place until the new one is complete")
-    parser.add_argument("--precision", choices=("fp32", "int8", "fp16"), default="fp32",
-                        help="int8: a QDQ model.onnx for ONNX Runtime (targets host, onnx), calibrated on "
-                             "--calibration and checked against float32; fp16: float16 GPU kernels with float32 "
-                             "accumulation (jetson-nano), checked on this CPU (default fp32)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help=f"int8: a quantized model (targets {', '.join(rows_taking('int8'))}), calibrated on "
+                             "--calibration and checked against float32; fp16: float16 kernels with float32 "
+                             f"accumulation (targets {', '.join(rows_taking('fp16'))}), checked on this CPU "
+                             "(default fp32)")
     parser.add_argument("--calibration", metavar="DATA",
                         help="int8 calibration data: a tsm-train class folder (or its train/ split), a video, a "
                              "folder of frames, or 'synthetic' (the default for the built-in default model)")
-    parser.add_argument("--min-agreement", type=float, default=0.98, metavar="FRACTION",
+    parser.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT, metavar="FRACTION",
                         help="int8: fail unless top-1 agrees with float32 on this fraction of held-out frames "
-                             "(default 0.98)")
+                             f"(default {DEFAULT_MIN_AGREEMENT})")
     parser.add_argument("--list-targets", action="store_true", help="print the targets table and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     add_debug_flag(parser)

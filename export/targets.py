@@ -31,6 +31,13 @@ class ExportTarget:
     ``device_steps``: the "On the device" part of the artifact's README.txt
     (:mod:`online_tsm.export.readme` fills in ``{folder}``, ``{link_step}``,
     ``{mcpu}`` and ``{cuda_compiler}``); it is not written into manifests.
+
+    What a row accepts is data too, read by one validator
+    (:mod:`online_tsm.export.options`): ``precisions`` it can be exported in
+    (the first is the default), ``options`` among :data:`ROW_OPTIONS` it takes,
+    and ``precision_hints``: a row's own advice when a precision is asked of it
+    that it does not take.  ``qemu_cpu``: the CPU model ``verify --emulate``
+    runs its code on (the device's core, not qemu's feature-rich default).
     """
 
     name: str
@@ -47,6 +54,10 @@ class ExportTarget:
     aliases: tuple[str, ...] = field(default=())
     packager: str | None = None
     device_steps: str = ""
+    precisions: tuple[str, ...] = ("fp32",)
+    options: frozenset[str] = frozenset()
+    precision_hints: tuple[tuple[str, str], ...] = ()
+    qemu_cpu: str | None = None
 
     @property
     def cross(self) -> bool:
@@ -82,6 +93,9 @@ class ExportTarget:
         names = {f.name for f in fields(cls)}
         row = {key: value for key, value in target.items() if key in names}
         row["aliases"] = tuple(row.get("aliases") or ())
+        row["precisions"] = tuple(row.get("precisions") or ("fp32",))
+        row["options"] = frozenset(row.get("options") or ())
+        row["precision_hints"] = tuple(tuple(pair) for pair in row.get("precision_hints") or ())
         row.setdefault("name", "?")
         row.setdefault("kind", "?")
         row.setdefault("description", "")
@@ -111,6 +125,9 @@ class ExportTarget:
         row = asdict(self)
         del row["device_steps"]  # README.txt text, not data a runtime reads
         row["aliases"] = list(self.aliases)
+        row["precisions"] = list(self.precisions)
+        row["options"] = sorted(self.options)
+        row["precision_hints"] = [list(pair) for pair in self.precision_hints]
         row["library"] = library
         row["runs_here"] = self.runs_here
         row["machine"] = platform.machine()
@@ -152,6 +169,10 @@ load on that driver. The fall-back that always works on the device: TensorRT (Je
 """
 
 _AARCH64_GNU = "aarch64-linux-gnu"
+#: Options a row may take (see :mod:`online_tsm.export.options`): ``tune`` measures schedules on this machine,
+#: ``library`` chooses ``.so``/``.tar`` for a TVM library.
+ROW_OPTIONS = frozenset({"tune", "library"})
+_CPU_ONLY_FP16 = (("fp16", "{name} runs on a CPU, use fp32 or int8"),)
 
 TARGETS: tuple[ExportTarget, ...] = (
     ExportTarget(
@@ -161,6 +182,9 @@ TARGETS: tuple[ExportTarget, ...] = (
         tvm_target={"kind": "llvm", "mcpu": "native"},
         device_notes="runs here; verify compares it with PyTorch numerically",
         device_steps=_HOST_STEPS,
+        precisions=("fp32", "int8"),
+        options=frozenset({"tune", "library"}),
+        precision_hints=_CPU_ONLY_FP16,
     ),
     ExportTarget(
         name="jetson-nano",
@@ -175,6 +199,9 @@ TARGETS: tuple[ExportTarget, ...] = (
         device_notes="needs a TVM runtime built with CUDA on the Nano; kernels are sm_53 cubins (NVRTC 12.9)",
         aliases=("jetson", "nano"),
         device_steps=_JETSON_STEPS,
+        precisions=("fp32", "fp16"),
+        options=frozenset({"library"}),
+        qemu_cpu="cortex-a57",
     ),
     ExportTarget(
         name="android-arm64",
@@ -189,6 +216,9 @@ TARGETS: tuple[ExportTarget, ...] = (
         device_notes="a loadable .so needs the NDK's clang (set TVM_NDK_CC); otherwise a .tar to link with the NDK",
         aliases=("android",),
         device_steps=_ANDROID_STEPS,
+        options=frozenset({"library"}),
+        precision_hints=_CPU_ONLY_FP16,
+        qemu_cpu="cortex-a53",
     ),
     ExportTarget(
         name="raspberry-pi-4",
@@ -201,6 +231,9 @@ TARGETS: tuple[ExportTarget, ...] = (
         device_notes="pip install apache-tvm on the Pi (manylinux_2_28_aarch64 wheels) and load the .so",
         aliases=("rpi4", "raspberry-pi", "pi4"),
         device_steps=_PI_STEPS,
+        options=frozenset({"library"}),
+        precision_hints=_CPU_ONLY_FP16,
+        qemu_cpu="cortex-a72",
     ),
     ExportTarget(
         name="onnx",
@@ -208,6 +241,9 @@ TARGETS: tuple[ExportTarget, ...] = (
         description="ONNX only (ONNX Runtime, TensorRT on the device, ...); no compilation",
         device_notes="any ONNX runtime; verify runs it with ONNX Runtime here",
         device_steps=_ONNX_STEPS,
+        precisions=("fp32", "int8"),
+        precision_hints=(("fp16", "fp16 is a build option of TensorRT, not of the ONNX file: export fp32 and build "
+                                  "with trtexec --fp16 (or the tensorrt backend's fp16=True)"),),
     ),
     ExportTarget(
         name="triton",
@@ -217,6 +253,7 @@ TARGETS: tuple[ExportTarget, ...] = (
         device_notes="tsm-serve REPO serves it here (pip install 'online-tsm[serve]'); clients use "
                      "open_runtime(REPO, backend='triton', address=HOST:PORT)",
         packager="online_tsm.export.formats.triton:export_repository",
+        precisions=("fp32", "int8"),
     ),
 )
 

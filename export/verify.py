@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from online_tsm.manifest import Manifest, ManifestError, load_manifest
-from online_tsm.export.reference import REFERENCE_FRAMES, compare, frames_for, read_reference, tolerance_same_machine
+from online_tsm.export.reference import REFERENCE_FRAMES, frames_for, read_reference
 
 
 @dataclass
@@ -36,6 +36,7 @@ class VerifyResult:
 
 
 def _numerical(directory: Path, manifest: Manifest, backend: str) -> VerifyResult:
+    """Stream the verification frames through ``backend`` and judge them by the manifest's rule."""
     from online_tsm.runtimes import open_runtime
 
     reference = _reference(directory, manifest)
@@ -44,44 +45,20 @@ def _numerical(directory: Path, manifest: Manifest, backend: str) -> VerifyResul
     with open_runtime(directory, backend) as runtime:  # the same streaming loop users run
         stream = runtime.new_stream()
         actual = np.stack([stream.step(frame) for frame in frames])
-    quantization = manifest.model.get("quantization")
-    if manifest.model.get("precision") == "int8" and quantization:
-        return _quantized(directory, manifest, actual, reference[:len(frames)], quantization)
-    diff = compare(actual, reference[:len(frames)])
-    tolerance = tolerance_same_machine(reference)
-    passed = diff <= tolerance
-    return VerifyResult(directory, manifest.target.get("name", "?"), f"numerical ({backend})", passed, diff, tolerance,
-                        [f"{len(frames)} streamed frames, buffers carried by the manifest names: max abs diff "
-                         f"{diff:.3e} vs PyTorch (tolerance {tolerance:.1e}): {'PASS' if passed else 'FAIL'}"])
-
-
-# int8 kernels round differently across CPUs (VNNI, AVX2 without it, ARM dot products): the stored figures are
-# what export measured on its machine, and a re-run may move them by this much before it counts as a failure.
-INT8_DIFF_SLACK = 1.5
-INT8_AGREEMENT_SLACK = 1 / 16   # one of the 16 verification frames
-
-
-def _quantized(directory: Path, manifest: Manifest, actual: np.ndarray, reference: np.ndarray,
-               quantization: dict) -> VerifyResult:
-    """A quantized artifact against the agreement stored at export, not against float32's 1e-4."""
-    from online_tsm.export.precision.quantize import verification_check
-
-    stored = quantization.get("verification") or {}
-    got = verification_check(actual, reference)
-    limit = INT8_DIFF_SLACK * float(stored.get("max_abs_diff", 0.0)) + 1e-3
-    floor = float(stored.get("top1_agreement", 1.0)) - INT8_AGREEMENT_SLACK
-    passed = got["max_abs_diff"] <= limit and got["top1_agreement"] >= floor
-    agreement = quantization.get("agreement") or {}
-    lines = [f"int8 over {len(actual)} streamed frames: max |logit diff| {got['max_abs_diff']:.3f} vs the float32 "
-             f"reference (export measured {stored.get('max_abs_diff', float('nan')):.3f}; limit {limit:.3f}), top-1 "
-             f"agreement {got['top1_agreement']:.0%} (export {stored.get('top1_agreement', float('nan')):.0%}; floor "
-             f"{floor:.0%}): {'PASS' if passed else 'FAIL'}"]
+    precision = manifest.precision
+    check = manifest.rule().check(actual, reference[:len(frames)], same_machine=True)
+    verdict = "PASS" if check["passed"] else "FAIL"
+    lines = [f"{len(frames)} streamed frames, buffers carried by the manifest names: max abs diff "
+             f"{check['max_abs_diff']:.3e} vs PyTorch, top-1 agreement {check['top1_agreement']:.0%} "
+             f"(tolerance {check['tolerance']:.3g}, the manifest's {precision} rule: {check['rule']}): {verdict}"]
+    agreement = (manifest.model.get("quantization") or {}).get("agreement") or {}
     if agreement:
         lines.append(f"stored at export: top-1 agreement {agreement.get('top1_agreement_frames', float('nan')):.1%} of "
                      f"{agreement.get('frames')} held-out frames, {agreement.get('top1_agreement_last_frame', 0):.1%} "
                      f"of {agreement.get('clips')} clips' last frames ({agreement.get('data', '?')})")
-    return VerifyResult(directory, manifest.target.get("name", "?"), "numerical (onnxruntime, int8)", passed,
-                        got["max_abs_diff"], limit, lines)
+    mode = f"numerical ({backend}{', ' + precision if precision != 'fp32' else ''})"
+    return VerifyResult(directory, manifest.target.get("name", "?"), mode, check["passed"], check["max_abs_diff"],
+                        check["tolerance"], lines)
 
 
 def _reference(directory: Path, manifest: Manifest) -> np.ndarray:
@@ -139,18 +116,18 @@ def _static(directory: Path, manifest: Manifest) -> VerifyResult:
 def recheck_fp16(directory: Path, manifest: Manifest) -> tuple[bool, str]:
     """The fp16 library's numerics, as far as this machine can show them: the same mixed-precision module
     compiled for this CPU, against the stored float32 reference (the export's gate, recomputed)."""
-    from online_tsm.export.tvm.mixed_precision import FP16_TOLERANCE, measure_fp16, passes
+    from online_tsm.export.tvm.mixed_precision import measure_fp16
 
     reference = _reference(directory, manifest)
     check = measure_fp16(directory / _role(manifest, "onnx", directory), manifest,
                          frames_for(manifest, REFERENCE_FRAMES), reference)
-    ok = passes(check)
     stored = (manifest.model.get("fp16_check") or {}).get("relative_max_diff")
-    return ok, (f"fp16 numerics on this CPU (the same mixed-precision module for llvm), {check['frames']} frames: "
-                f"max |logit diff| {check['relative_max_diff']:.2%} of max |logit|"
-                + (f" (at export {stored:.2%})" if isinstance(stored, float) else "")
-                + f", top-1 agreement {check['top1_agreement']:.0%} (limits: {FP16_TOLERANCE:.0%}, and every frame): "
-                + ("PASS" if ok else "FAIL"))
+    return check["passed"], (
+        f"fp16 numerics on this CPU (the same mixed-precision module for llvm), {check['frames']} frames: "
+        f"max |logit diff| {check['relative_max_diff']:.2%} of max |logit|"
+        + (f" (at export {stored:.2%})" if isinstance(stored, float) else "")
+        + f", top-1 agreement {check['top1_agreement']:.0%} (the fp16 rule: {check['rule']}): "
+        + ("PASS" if check["passed"] else "FAIL"))
 
 
 def verify_artifact(directory: str | Path, *, emulate: bool = False) -> VerifyResult:

@@ -16,10 +16,15 @@ from typing import Any
 
 from online_tsm.errors import OnlineTSMError
 from online_tsm.fileio import atomic_write, sha256_file
+from online_tsm.verification import FP32, PRECISIONS, VerificationRule, measured_int8_rule
 
 MANIFEST_NAME = "manifest.json"
 ARTIFACT_FORMAT = "online-tsm-artifact"
 ARTIFACT_VERSION = 1
+#: Where a Triton model repository (``tsm-export --target triton``) keeps its artifact folder: its python model
+#: ``<repo>/online_tsm/1/artifact/``.  Written by the export, read by the triton backend.
+TRITON_PYTHON_MODEL = "online_tsm"
+TRITON_ARTIFACT_DIR = "artifact"
 
 
 class ManifestError(OnlineTSMError, ValueError):
@@ -56,6 +61,7 @@ class Manifest:
     target: dict[str, Any] = field(default_factory=dict)     # row of the targets table used
     compiler: dict[str, Any] = field(default_factory=dict)   # tool names and versions
     files: dict[str, dict[str, str]] = field(default_factory=dict)  # file name -> {"sha256", "role"}
+    verification: dict[str, Any] = field(default_factory=dict)  # {"precision", "rules": {precision: rule}}
     format: str = ARTIFACT_FORMAT
     format_version: int = ARTIFACT_VERSION
 
@@ -77,6 +83,34 @@ class Manifest:
     def file_with_role(self, role: str) -> str | None:
         """Name of the (first) file with ``role`` (``onnx``, ``library``, ...), if any."""
         return next((name for name, meta in self.files.items() if meta.get("role") == role), None)
+
+    @property
+    def precision(self) -> str:
+        """What the artifact's model computes: ``fp32``, ``fp16`` or ``int8``."""
+        return str(self.verification.get("precision") or self.model.get("precision") or "fp32")
+
+    def rule(self, precision: str | None = None) -> VerificationRule:
+        """The verification rule for ``precision`` (default: the artifact's own), as the export wrote it.
+
+        Manifests written before the rules moved here carry the float32 rule in ``target.verification`` and
+        an int8 model's measured figures in ``model.quantization``; those are read the same way.
+        """
+        precision = precision or self.precision
+        stored = (self.verification.get("rules") or {}).get(precision)
+        try:
+            if stored is not None:
+                return VerificationRule.from_dict(stored)
+            if precision == "fp32" and self.target.get("verification"):
+                return VerificationRule.from_dict(self.target["verification"])
+        except ValueError as exc:
+            raise ManifestError(f"manifest's {precision} verification rule: {exc}") from None
+        measured = (self.model.get("quantization") or {}).get("verification")
+        if precision == "int8" and measured:
+            return measured_int8_rule(measured.get("max_abs_diff", 0.0), measured.get("top1_agreement", 1.0))
+        if precision == "fp32":
+            return FP32
+        raise ManifestError(f"this artifact's manifest has no {precision} verification rule: re-export it with "
+                            "this online-tsm")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -137,6 +171,12 @@ def _check_fields(data: dict[str, Any]) -> str | None:
                 return f"field {key}[{i}]: expected an object, got {type(item).__name__}"
             if not _is_shape(item.get("shape")):
                 return f"field {key}[{i}].shape: expected a list of non-negative integers, got {item.get('shape')!r}"
+    verification = data.get("verification", {})
+    if not isinstance(verification, dict) or not isinstance(verification.get("rules", {}), dict):
+        return "field 'verification': expected an object with 'precision' and 'rules'"
+    if verification.get("precision", "fp32") not in PRECISIONS:
+        return f"field verification.precision: expected one of {', '.join(PRECISIONS)}, got " \
+               f"{verification.get('precision')!r}"
     for key in ("target", "compiler"):
         if key in data and not isinstance(data[key], dict):
             return f"field {key!r}: expected an object, got {type(data[key]).__name__}"
@@ -163,6 +203,13 @@ def _check_fields(data: dict[str, Any]) -> str | None:
                                or not math.isfinite(stride) or stride <= 0):
         return f"field model.frame_stride: expected a finite positive number, got {stride!r}"
     return None
+
+
+def artifact_folder(path: str | Path) -> Path:
+    """The artifact folder at ``path``: the folder itself, or the one inside a Triton model repository."""
+    path = Path(path).expanduser()
+    candidate = path / TRITON_PYTHON_MODEL / "1" / TRITON_ARTIFACT_DIR
+    return candidate if (candidate / MANIFEST_NAME).is_file() else path
 
 
 def load_manifest(directory: str | Path, verify_files: bool = True) -> Manifest:

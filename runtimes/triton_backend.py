@@ -24,6 +24,7 @@ import numpy as np
 
 from online_tsm.address import format_host_port, parse_host_port
 from online_tsm.errors import OnlineTSMError
+from online_tsm.manifest import artifact_folder
 from online_tsm.runtimes.artifact import open_artifact
 from online_tsm.runtimes.base import BackendUnavailable, Runtime, RuntimeOpenError, Stream
 
@@ -70,8 +71,6 @@ class TritonRuntime(Runtime):
 
     def __init__(self, source: str | os.PathLike, *, address: str | None = None, model: str = DEFAULT_MODEL,
                  timeout: float = DEFAULT_TIMEOUT_S, threads: int | None = None) -> None:
-        from online_tsm.export.formats.triton import find_manifest
-
         grpcclient = import_client()
         if not address:
             raise RuntimeOpenError("backend triton needs the server's gRPC address: pass address='HOST:PORT' "
@@ -80,7 +79,7 @@ class TritonRuntime(Runtime):
                                      expected="backend triton expects address HOST:PORT (e.g. 127.0.0.1:8001)")
         self.address, self.model, self.timeout = format_host_port(host, port), model, float(timeout)
         del threads  # the server decides; accepted so that generic callers can pass it
-        self.artifact = open_artifact(find_manifest(source), self.backend)
+        self.artifact = open_artifact(artifact_folder(source), self.backend)
         m = self.artifact.manifest
         self._frame_name, self._logits_name = m.frame_input, m.logits_output
         self._exception = grpcclient.InferenceServerException

@@ -28,7 +28,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Callable
 
 from online_tsm.address import parse_host_port
-from online_tsm.cli_util import last_message_line
+from online_tsm.messages import last_message_line
 from online_tsm.errors import OnlineTSMError
 from online_tsm.runtimes.base import RuntimeOpenError
 from online_tsm.runtimes.library import elf_arch

@@ -21,7 +21,7 @@ from online_tsm.benchmarks.latency import Contestant, LatencyStats, measure_inte
 from online_tsm.benchmarks.models import tsn_twin
 from online_tsm.benchmarks.reference import (BOUND_LABEL, PAPER_LABEL, PAPER_ROWS, ROOFLINE_DEVICES,
                                              roofline_bound_ms, roofline_rows)
-from online_tsm.cli_util import UserError
+from online_tsm.errors import UserError
 from online_tsm.manifest import write_manifest
 from online_tsm.export.formats.onnx import build_manifest, export_onnx
 

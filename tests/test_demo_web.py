@@ -12,7 +12,7 @@ import pytest
 
 from helpers import seeded_model
 from online_tsm.checkpoint import save_checkpoint
-from online_tsm.cli_util import UserError
+from online_tsm.errors import UserError
 from online_tsm.demo import cli
 from online_tsm.demo.app import frame_record
 from online_tsm.demo.web import LiveView, exposure_warning, is_loopback, parse_serve_address

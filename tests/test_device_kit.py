@@ -22,7 +22,8 @@ import pytest
 from online_tsm.export.device import kit as device_kit
 from online_tsm.export.device import run_template as template
 from online_tsm.manifest import load_manifest, write_manifest
-from online_tsm.export.reference import frames_for, read_reference, tolerance_other_machine, tolerance_same_machine
+from online_tsm.export.reference import frames_for, read_reference
+from online_tsm.verification import FP32, RULES, verification_entry
 from runtime_artifacts import copy_artifact, small_artifact  # noqa: F401 -- fixture
 
 ALWAYS_BLOCKED = ("online_tsm", "torch", "cv2", "onnx", "onnxslim", "onnxscript", "psutil")
@@ -113,12 +114,26 @@ def test_template_is_python_3_8_and_imports_only_the_standard_library():
 # -- one rule, one set of frames, one ELF reading --------------------------------------------------
 def test_the_tolerance_rule_is_the_package_rule(host):
     manifest = json.loads((host / "manifest.json").read_text())
-    assert manifest["target"]["verification"] == device_kit.verification_rule() == template.DEFAULT_RULE
+    assert manifest["verification"] == verification_entry("fp32")
+    assert "verification" not in manifest["target"]                      # written once, at the top level
     reference = read_reference(host / "reference.npz")
     largest = float(np.abs(reference).max())
-    for same, package_rule in ((True, tolerance_same_machine), (False, tolerance_other_machine)):
-        absolute, relative, _ = template.tolerance_rule(manifest, same_machine=same, fp16=False)
-        assert max(absolute, relative * largest) == pytest.approx(package_rule(reference), rel=1e-12)
+    for precision, fp16 in (("fp32", False), ("fp16", True)):
+        for same in (True, False):
+            absolute, relative, min_top1, why = template.tolerance_rule(manifest, same_machine=same, fp16=fp16)
+            package_rule = RULES[precision]
+            assert max(absolute, relative * largest) == pytest.approx(package_rule.tolerance(reference, same),
+                                                                      rel=1e-12)
+            assert min_top1 == package_rule.min_top1_agreement and precision in why
+
+
+def test_the_script_reads_an_older_manifest_s_rule_and_refuses_a_missing_one(host):
+    manifest = json.loads((host / "manifest.json").read_text())
+    del manifest["verification"]
+    manifest["target"]["verification"] = {"absolute": 1e-4, "relative": 1e-5, "relative_other_machine": 1e-4}
+    assert template.tolerance_rule(manifest, same_machine=False)[:3] == (1e-4, 1e-4, None)
+    with pytest.raises(template.RunError, match="manifest.json has no fp16 verification rule: re-export"):
+        template.tolerance_rule(manifest, same_machine=True, fp16=True)
 
 
 def test_template_frames_are_the_export_frames(host):
@@ -160,7 +175,7 @@ def test_run_py_verifies_and_times_with_numpy_and_tvm_only(host_result, host):
     check = data["verification"]
     reference = read_reference(host / "reference.npz")
     assert check["passed"] is True and check["frames"] == 16 and check["buffers"] == 10
-    assert check["max_abs_diff"] <= check["tolerance"] == pytest.approx(tolerance_same_machine(reference))
+    assert check["max_abs_diff"] <= check["tolerance"] == pytest.approx(FP32.tolerance(reference, same_machine=True))
     assert check["max_abs_reference"] > 1.0      # non-trivial logits
     assert "max abs diff" in out and "max(0.0001, 1e-05 x max |reference logit|)" in out and "PASS" in out
     timing = data["timing"]

@@ -27,7 +27,7 @@ from helpers import require_tools
 from online_tsm.export.device.emulate import (EMULATED_TIMING_NOTE, EmulatedCheck, EmulationCheckError,
                                        verify_emulated, verify_emulated_many)
 from online_tsm.manifest import ManifestError, load_manifest, write_manifest
-from online_tsm.export.reference import tolerance_other_machine
+from online_tsm.verification import FP32
 from online_tsm.export.device.sysroot import EmulationUnavailable, ensure_sysroot, file_lock, missing_system_packages
 
 pytestmark = pytest.mark.emulation
@@ -233,8 +233,8 @@ def test_second_preparer_waits_for_the_lock(tmp_path):
 
 
 def test_tolerance_is_relative_with_a_floor():
-    assert tolerance_other_machine(np.array([[0.5, -0.2]])) == 1e-4
-    assert tolerance_other_machine(np.array([[3.0, -8.0]])) == pytest.approx(8e-4)
+    assert FP32.tolerance(np.array([[0.5, -0.2]]), same_machine=False) == 1e-4
+    assert FP32.tolerance(np.array([[3.0, -8.0]]), same_machine=False) == pytest.approx(8e-4)
 
 
 def test_emulated_python_that_cannot_start_is_reported_in_one_line(tmp_path):

@@ -14,11 +14,13 @@ import onnx
 import pytest
 from runtime_artifacts import small_artifact  # noqa: F401 -- fixture
 
-from online_tsm.cli_util import UserError
+from online_tsm.errors import UserError
 from online_tsm.export.api import export_artifact
+from online_tsm.export.options import ExportOptions, check_options, rows_taking
 from online_tsm.export.precision.calibration import load_calibration
 from online_tsm.manifest import MANIFEST_NAME, load_manifest
 from online_tsm.export.formats.onnx import ExportError, deterministic_frames, stream_onnxruntime, stream_torch
+from online_tsm.export.targets import get_target
 from online_tsm.export.verify import verify_artifact
 from online_tsm.synthetic import write_dataset
 
@@ -86,7 +88,9 @@ def test_verify_checks_the_stored_agreement(int8_export, tmp_path):
     assert result.max_abs_diff == pytest.approx(stored, rel=1e-3)  # same model, same frames, same CPU
     tampered = shutil.copytree(int8_export, tmp_path / "tampered")
     data = json.loads((tampered / MANIFEST_NAME).read_text())
-    data["model"]["quantization"]["verification"]["max_abs_diff"] = stored / 10
+    rule = data["verification"]["rules"]["int8"]           # the rule the export measured and wrote once
+    assert data["verification"]["precision"] == "int8" and rule["absolute"] == pytest.approx(1.5 * stored + 1e-3)
+    rule["absolute"] = stored / 10
     (tampered / MANIFEST_NAME).write_text(json.dumps(data))
     assert not verify_artifact(tampered).passed
 
@@ -115,24 +119,31 @@ def test_min_agreement_refuses_the_export(small_weights, class_folder, tmp_path,
 
 
 @pytest.mark.parametrize("kwargs, message", [
+    (dict(target="host", tune=2, precision="fp32", library="auto"), None),
     (dict(target="host", precision="int8"), "--precision int8 needs --calibration DATA for these weights: a "
                                             "tsm-train class folder (or its train/ split), a video, a folder of "
                                             "frames, or 'synthetic'"),
     (dict(target="raspberry-pi-4", precision="int8", calibration="synthetic"),
-     "--precision int8 builds an ONNX Runtime model for this machine: use --target host or --target onnx (not "
-     "raspberry-pi-4)"),
-    (dict(target="host", precision="int4"), "--precision must be one of fp32, int8, fp16, got 'int4'"),
-    (dict(target="host", precision="fp16"), "--precision fp16 is for GPU targets (jetson-nano); host runs on a CPU, "
-                                            "use fp32 or int8"),
-    (dict(target="onnx", precision="fp16"), "--precision fp16 is a build option of TensorRT, not of the ONNX file: "
-                                            "export fp32 and build with trtexec --fp16 (or the tensorrt backend's "
-                                            "fp16=True)"),
+     f"--precision int8 is for {', '.join(rows_taking('int8'))}; raspberry-pi-4 takes fp32"),
+    (dict(target="host", precision="int4"), "--precision must be one of fp32, fp16, int8, got 'int4'"),
+    (dict(target="host", precision="fp16"), f"--precision fp16 is for {', '.join(rows_taking('fp16'))}; host runs "
+                                            "on a CPU, use fp32 or int8"),
+    (dict(target="onnx", precision="fp16"), f"--precision fp16 is for {', '.join(rows_taking('fp16'))}; fp16 is a "
+                                            "build option of TensorRT, not of the ONNX file: export fp32 and build "
+                                            "with trtexec --fp16 (or the tensorrt backend's fp16=True)"),
     (dict(target="host", calibration="synthetic"), "--calibration is for --precision int8"),
+    (dict(target="jetson-nano", tune=2), "--tune measures candidates on this machine, so it works for host only "
+                                         "(not jetson-nano)"),
+    (dict(target="onnx", library="so"), "--library chooses how a TVM library is written; onnx has none (it takes "
+                                        "--library auto)"),
     (dict(target="host", precision="int8", calibration="synthetic", min_agreement=98.0),
      "--min-agreement must be a fraction between 0 and 1, got 98.0"),
 ])
 def test_precision_option_errors(small_weights, tmp_path, kwargs, message):
     target = kwargs.pop("target")
+    if message is None:            # what a row accepts passes the validator (checked alone: no export is run)
+        check_options(get_target(target), ExportOptions(**kwargs))
+        return
     with pytest.raises(UserError) as exc:
         export_artifact(small_weights, target, tmp_path / "out", progress=False, **kwargs)
     assert str(exc.value) == message
@@ -203,7 +214,8 @@ def test_compare_bad_contestant_is_one_line(capsys):
 
 def test_fp16_llvm_module_follows_float32_pytorch(small_artifact):
     """The mixed-precision module the GPU gets, built for this CPU, against float32 PyTorch (buffers carried)."""
-    from online_tsm.export.tvm.mixed_precision import FP16_TOLERANCE, fp16_agreement, stream_fp16_llvm
+    from online_tsm.export.tvm.mixed_precision import fp16_agreement, stream_fp16_llvm
+    from online_tsm.verification import FP16
     from online_tsm.export.reference import frames_for, read_reference
 
     manifest = load_manifest(small_artifact)
@@ -212,8 +224,9 @@ def test_fp16_llvm_module_follows_float32_pytorch(small_artifact):
     logits = stream_fp16_llvm(small_artifact / "model.onnx", manifest, frames)
     check = fp16_agreement(logits, reference)
     assert logits.dtype == np.float32 and logits.shape == reference.shape
-    assert 0.0 < check["relative_max_diff"] <= FP16_TOLERANCE  # float16 is not exact, and stays close
-    assert check["top1_agreement"] == 1.0
+    assert 0.0 < check["relative_max_diff"] <= FP16.relative  # float16 is not exact, and stays close
+    assert 0.0 < check["max_abs_diff"] <= check["tolerance"] == FP16.tolerance(reference, same_machine=True)
+    assert check["top1_agreement"] == 1.0 and check["passed"]
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import socket
 import numpy as np
 import pytest
 
-from online_tsm.cli_util import UserError
+from online_tsm.errors import UserError
 from online_tsm.export import api as export_api
 from online_tsm.export.cli import main as export_main
 from online_tsm.manifest import ManifestError

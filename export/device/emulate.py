@@ -36,13 +36,12 @@ from typing import Iterable
 
 import numpy as np
 
-from online_tsm.cli_util import UserError
+from online_tsm.errors import UserError
 from online_tsm.export.device import elf
 from online_tsm.manifest import Manifest, ManifestError, load_manifest
-from online_tsm.export.reference import (ABSOLUTE_TOLERANCE, RELATIVE_TOLERANCE_OTHER_MACHINE, read_reference,
-                                          tolerance_other_machine)
-from online_tsm.export.device.sysroot import (EmulationUnavailable, Progress, Sysroot, ensure_sysroot, require_tool,
-                                      stderr_progress)
+from online_tsm.export.reference import read_reference
+from online_tsm.export.device.sysroot import EmulationUnavailable, Sysroot, ensure_sysroot, require_tool
+from online_tsm.progress import Say, stderr_progress
 from online_tsm.export.targets import TARGETS, ExportTarget
 
 __all__ = ["EmulatedCheck", "EmulationCheckError", "EmulationUnavailable", "verify_emulated",
@@ -71,6 +70,7 @@ class EmulatedCheck:
     max_abs_diff: float | None = None
     max_abs_reference: float | None = None
     tolerance: float | None = None
+    rule: str | None = None
     passed: bool | None = None
     notes: list[str] = field(default_factory=list)
     error: str | None = None
@@ -85,9 +85,8 @@ class EmulatedCheck:
             return f"{head}: NOT CHECKED: {self.notes[0] if self.notes else 'no numbers'}"
         verdict = "OK" if self.passed else "MISMATCH"
         return (f"{head}: {verdict}: max abs diff vs PyTorch {self.max_abs_diff:.3g} over {self.n_frames} frames "
-                f"(tolerance {self.tolerance:.3g} = max({ABSOLUTE_TOLERANCE:g}, "
-                f"{RELATIVE_TOLERANCE_OTHER_MACHINE:g} x max "
-                f"|reference logit| {self.max_abs_reference:.3g}))")
+                f"(tolerance {self.tolerance:.3g} = {self.rule}, max |reference logit| "
+                f"{self.max_abs_reference:.3g})")
 
 
 # -- architecture of the library, read without running it -----------------------------------------
@@ -269,7 +268,9 @@ def _record(plan: _Plan, data: dict | None, how: str) -> None:
         result.max_abs_reference = float(check["max_abs_reference"])
         result.tolerance = float(check["tolerance"])
         result.passed = bool(check["passed"]) and result.max_abs_diff <= result.tolerance
-        expected = tolerance_other_machine(plan.reference)
+        rule = plan.manifest.rule()
+        result.rule = rule.describe(same_machine=False)
+        expected = rule.tolerance(plan.reference, same_machine=False)
         if not math.isclose(result.tolerance, expected, rel_tol=1e-9):
             result.passed = False
             result.error = (f"{plan.script} applied tolerance {result.tolerance:.3g}, the emulated check's rule gives "
@@ -291,7 +292,7 @@ def _record(plan: _Plan, data: dict | None, how: str) -> None:
 
 
 def verify_emulated_many(artifact_dirs: Iterable[str | Path], n_frames: int = 16, *,
-                         progress: Progress | None = stderr_progress) -> list[EmulatedCheck]:
+                         progress: Say | None = stderr_progress) -> list[EmulatedCheck]:
     """Check several aarch64 artifacts, each with its own run.py in its own emulated process; results in order.
 
     A problem with one artifact (wrong architecture, a library that does not
@@ -328,7 +329,7 @@ def verify_emulated_many(artifact_dirs: Iterable[str | Path], n_frames: int = 16
 
 
 def verify_emulated(artifact_dir: str | Path, n_frames: int = 16, *,
-                    progress: Progress | None = stderr_progress) -> EmulatedCheck:
+                    progress: Say | None = stderr_progress) -> EmulatedCheck:
     """Check one aarch64 artifact under emulation against its PyTorch reference.
 
     Returns the comparison (``passed`` False on a numerical mismatch, None when

@@ -1,11 +1,10 @@
-"""What an artifact carries to run on the device by itself: ``run.py`` / ``run_onnx.py`` and its tolerance rule.
+"""What an artifact carries to run on the device by itself: ``run.py`` / ``run_onnx.py``.
 
-The script is :mod:`online_tsm.export.device.run_template`, a template that imports
-only numpy and one runtime, copied verbatim into the folder: the file that
-``tsm-export verify --emulate`` runs under qemu is the file the user runs on
-the device.  It reads everything from ``manifest.json``, including the
-verification tolerance, which is written here from the package's own
-constants (``reference`` for the same architecture, ``emulate`` for another),
+The script is :mod:`online_tsm.export.device.run_template`, a template that
+imports only numpy and one runtime, copied verbatim into the folder: the file
+that ``tsm-export verify --emulate`` runs under qemu is the file the user runs
+on the device.  It reads everything from ``manifest.json``, including the
+verification rules the export wrote there (:mod:`online_tsm.verification`),
 so the device, ``tsm-export verify`` and the emulated check apply one rule.
 """
 from __future__ import annotations
@@ -23,19 +22,6 @@ RUN_ONNX_SCRIPT = "run_onnx.py"  # the onnx artifact (ONNX Runtime or TensorRT)
 SCRIPT_ROLE = "script"
 
 
-def verification_rule() -> dict[str, float]:
-    """The tolerance parameters: ``max(absolute, relative x max |reference logit|)``.
-
-    ``relative`` holds where the reference was computed (same CPU
-    architecture, as ``tsm-export verify`` runs a host artifact);
-    ``relative_other_machine`` for another architecture or a GPU (as the
-    emulated aarch64 check), where float32 sums run in another order.
-    """
-    from online_tsm.export import reference
-    return {"absolute": reference.ABSOLUTE_TOLERANCE, "relative": reference.RELATIVE_TOLERANCE,
-            "relative_other_machine": reference.RELATIVE_TOLERANCE_OTHER_MACHINE}
-
-
 def script_name(row: ExportTarget, library: str | None) -> str | None:
     """``run.py`` for a TVM library a glibc Python can load (a ``.tar`` once linked), ``run_onnx.py`` for onnx.
 
@@ -50,8 +36,7 @@ def script_name(row: ExportTarget, library: str | None) -> str | None:
 
 
 def add_device_kit(out: Path, manifest: Manifest, row: ExportTarget) -> dict[str, str]:
-    """Copy the script into ``out`` and record the rule in ``manifest.target``; return ``{file: role}``."""
-    manifest.target["verification"] = verification_rule()
+    """Copy the script into ``out``; return ``{file: role}``."""
     name = script_name(row, manifest.target.get("library"))
     if name is None:
         return {}

@@ -171,35 +171,57 @@ def verification_frames(np, manifest: dict, n: int):
     return (2.0 * np.sin(phase) * np.cos(0.013 * x * y / (c + 1) + 0.2 * t)).astype(np.float32)
 
 
-def tolerance_rule(manifest: dict, same_machine: bool, fp16: bool) -> tuple:
-    """``(absolute, relative, why)``: max abs diff allowed is ``max(absolute, relative x max |reference|)``."""
-    if fp16:
-        return FP16_RULE["absolute"], FP16_RULE["relative"], "TensorRT fp16 (half precision: looser than float32)"
-    rule = dict(DEFAULT_RULE)
-    rule.update((manifest.get("target") or {}).get("verification") or {})
-    if same_machine:
-        return rule["absolute"], rule["relative"], "same CPU architecture as the export's reference"
-    return (rule["absolute"], rule["relative_other_machine"],
-            "another architecture or a GPU than the export's reference: sums run in another order")
+def verification_rule(manifest, precision=None):
+    """``(precision, rule)``: the manifest's rule for what this run computes (its own precision by default).
+
+    The export writes one rule per precision into ``manifest.json`` (``verification.rules``); this script
+    never restates the numbers.  Manifests from before the rules moved there carry the float32 rule in
+    ``target.verification``.
+    """
+    verification = manifest.get("verification") or {}
+    precision = precision or verification.get("precision") or (manifest.get("model") or {}).get("precision") \
+        or "fp32"
+    rule = (verification.get("rules") or {}).get(precision)
+    if rule is None and precision == "fp32":
+        rule = (manifest.get("target") or {}).get("verification")
+    if not rule:
+        raise RunError("manifest", "manifest.json has no {} verification rule: re-export the artifact with a "
+                                   "current online-tsm".format(precision))
+    return precision, rule
 
 
-def verify(np, engine, manifest: dict, reference, n_frames: int, rule: tuple) -> dict:
+def tolerance_rule(manifest, same_machine, fp16=False):
+    """``(absolute, relative, min_top1_agreement, why)``: max abs diff allowed is
+    ``max(absolute, relative x max |reference|)``; TensorRT ``--fp16`` is judged by the fp16 rule."""
+    precision, rule = verification_rule(manifest, "fp16" if fp16 else None)
+    relative = rule["relative"] if same_machine else rule.get("relative_other_machine", rule["relative"])
+    where = ("same CPU architecture as the export's reference" if same_machine else
+             "another architecture or a GPU than the export's reference: sums run in another order")
+    return rule["absolute"], relative, rule.get("min_top1_agreement"), "the manifest's {} rule, {}".format(
+        precision, where)
+
+
+def verify(np, engine, manifest, reference, n_frames, rule):
     frames = verification_frames(np, manifest, n_frames)
     stream = engine.new_stream()
     logits = np.stack([stream.step(frame) for frame in frames])
     expected = reference[:n_frames]
     if logits.shape != expected.shape:
-        diff = float("inf")
+        diff, agreement = float("inf"), 0.0
     else:
         diff = float(np.abs(logits.astype(np.float64) - expected.astype(np.float64)).max(initial=0.0))
         diff = diff if np.isfinite(diff) else float("inf")
+        agreement = float(np.mean(logits.argmax(-1) == expected.argmax(-1)))
     largest = float(np.abs(expected).max(initial=0.0))
-    absolute, relative, why = rule
+    absolute, relative, min_top1, why = rule
     tolerance = max(absolute, relative * largest)
-    passed = bool(diff <= tolerance)
+    passed = bool(diff <= tolerance) and (min_top1 is None or agreement >= min_top1)
+    text = "max({:g}, {:g} x max |reference logit|)".format(absolute, relative)
+    if min_top1 is not None:
+        text += ", top-1 agreement >= {:.0%}".format(min_top1)
     return {"passed": passed, "frames": int(n_frames), "buffers": len(manifest["buffers"]), "max_abs_diff": diff,
-            "max_abs_reference": largest, "tolerance": tolerance,
-            "rule": f"max({absolute:g}, {relative:g} x max |reference logit|)", "rule_reason": why,
+            "max_abs_reference": largest, "tolerance": tolerance, "top1_agreement": agreement,
+            "min_top1_agreement": min_top1, "rule": text, "rule_reason": why,
             "reference": "PyTorch logits computed at export time (reference.npz)"}
 
 
@@ -719,8 +741,9 @@ def _run(args, folder: str, result: dict, say) -> int:
         f"(max |reference logit| {check['max_abs_reference']:.3g}; {check['rule_reason']}): "
         f"{'PASS' if check['passed'] else 'FAIL'}")
     if not check["passed"]:
-        raise RunError("verification", f"verification FAILED: max abs diff {check['max_abs_diff']:.3g} > tolerance "
-                                       f"{check['tolerance']:.3g}: this build does not compute what PyTorch "
+        raise RunError("verification", f"verification FAILED: max abs diff {check['max_abs_diff']:.3g}, top-1 "
+                                       f"agreement {check['top1_agreement']:.0%} against the rule {check['rule']} "
+                                       f"= {check['tolerance']:.3g}: this build does not compute what PyTorch "
                                        "computed, so it is not timed")
     if args.no_timing:
         result["status"] = "verified"

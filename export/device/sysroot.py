@@ -30,10 +30,11 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
-from online_tsm.cli_util import UserError
+from online_tsm.errors import UserError
 from online_tsm.fileio import file_lock as shared_file_lock
+from online_tsm.progress import Say, stderr_progress
 from online_tsm.weights import cache_dir
 
 DEBIAN_SUITE = "bookworm"
@@ -48,7 +49,6 @@ READY_FILE = "online-tsm-sysroot.json"
 #: Parts of the Debian packages that the emulated interpreter never reads.
 PRUNE = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "usr/share/lintian",
          "var/cache", "var/lib/dpkg", "debootstrap")
-Progress = Callable[[str], None]
 
 
 class EmulationUnavailable(UserError):
@@ -74,11 +74,6 @@ class Sysroot:
         env.update(PYTHONPATH=str(self.site), PYTHONNOUSERSITE="1", PYTHONHASHSEED="0", LC_ALL="C.UTF-8")
         env.setdefault("TVM_NUM_THREADS", "1")  # a numerical check; spinning worker threads only slow qemu down
         return env
-
-
-def stderr_progress(message: str) -> None:
-    """Default progress reporter: one line on stderr."""
-    print(message, file=sys.stderr, flush=True)
 
 
 # -- system tools ------------------------------------------------------------------------------
@@ -140,7 +135,7 @@ def emulation_dir() -> Path:
 
 # -- locking ---------------------------------------------------------------------------------
 @contextlib.contextmanager
-def file_lock(path: Path, progress: Progress | None = None) -> Iterator[None]:
+def file_lock(path: Path, progress: Say | None = None) -> Iterator[None]:
     """An exclusive ``flock`` on ``path``: a second process waits (and says so) instead of racing."""
     def waiting() -> None:
         if progress:
@@ -180,7 +175,7 @@ def _python_in(root: Path) -> Path:
     return found[-1]
 
 
-def _prepare(root: Path, pins: dict[str, str], progress: Progress) -> dict:
+def _prepare(root: Path, pins: dict[str, str], progress: Say) -> dict:
     """Assemble a sysroot in ``root`` (an empty scratch folder); return the facts to record."""
     debootstrap = require_tool("debootstrap", "debootstrap", "to download Debian's arm64 packages")
     dpkg = require_tool("dpkg", "dpkg", "to unpack Debian packages")
@@ -235,7 +230,7 @@ def _load_ready(root: Path) -> dict | None:
         return None
 
 
-def ensure_sysroot(progress: Progress | None = stderr_progress) -> Sysroot:
+def ensure_sysroot(progress: Say | None = stderr_progress) -> Sysroot:
     """The cached aarch64 sysroot, prepared first if needed (a progress message says so).
 
     Raises :class:`EmulationUnavailable` (one line naming the missing package)

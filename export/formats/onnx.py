@@ -20,7 +20,7 @@ import onnx
 import torch
 
 from online_tsm.checkpoint import model_info
-from online_tsm.cli_util import first_line
+from online_tsm.messages import first_line
 from online_tsm.errors import OnlineTSMError
 from online_tsm.manifest import BufferPair, Manifest, TensorSpec
 from online_tsm.models import MobileNetV2TSM

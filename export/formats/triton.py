@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from online_tsm.cli_util import UserError
-from online_tsm.manifest import MANIFEST_NAME, Manifest, load_manifest
+from online_tsm.errors import UserError
+from online_tsm.manifest import (MANIFEST_NAME, TRITON_ARTIFACT_DIR, TRITON_PYTHON_MODEL, Manifest,
+                                 load_manifest)
 
-PYTHON_MODEL = "online_tsm"
+PYTHON_MODEL = TRITON_PYTHON_MODEL
 ORT_MODEL = "online_tsm_ort"
-ARTIFACT_DIR = "artifact"
+ARTIFACT_DIR = TRITON_ARTIFACT_DIR
 README_NAME = "README.txt"
 MAX_BATCH = 8                    # concurrent cameras per batched step
 IDLE_MICROSECONDS = 60_000_000   # a camera silent this long loses its buffers
@@ -261,7 +262,8 @@ def export_repository(weights_or_model: Any, target: str, out_dir: str | os.Path
     export leaves nothing half-written; ``force`` replaces only a repository
     this function wrote.
     """
-    from online_tsm.export.api import Progress, export_artifact
+    from online_tsm.export.api import export_artifact
+    from online_tsm.progress import Progress
 
     import onnx
 
@@ -304,10 +306,3 @@ def export_repository(weights_or_model: Any, target: str, out_dir: str | os.Path
         raise
     say(f"wrote Triton repository {out} (models {PYTHON_MODEL}, {ORT_MODEL})")
     return out
-
-
-def find_manifest(repo: str | os.PathLike) -> Path:
-    """The artifact folder of a Triton repository written by :func:`export_repository`."""
-    path = Path(repo).expanduser()
-    candidate = path / PYTHON_MODEL / "1" / ARTIFACT_DIR
-    return candidate if (candidate / MANIFEST_NAME).is_file() else path

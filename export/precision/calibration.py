@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from online_tsm.cli_util import UserError
+from online_tsm.errors import UserError
 
 SYNTHETIC = "synthetic"
 MAX_FRAMES_PER_CLIP = 32

@@ -35,7 +35,6 @@ from online_tsm.runtimes.base import Runtime
 
 ACTIVATIONS = "uint8"        # QDQ activation type
 WEIGHTS = "int8 per-channel"
-DEFAULT_MIN_AGREEMENT = 0.98
 DRIFT_FRAMES = 1000
 PERCENTILE = 99.99
 CALIBRATION_CHUNK = 32      # frames per calibration pass (bounds memory; ranges accumulate across passes)

@@ -42,12 +42,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from online_tsm.cli_util import UserError, first_line
+from online_tsm.errors import UserError
+
+from online_tsm.messages import first_line
 from online_tsm.errors import OnlineTSMError
 from online_tsm.manifest import Manifest
 from online_tsm.export.targets import ExportTarget
+from online_tsm.progress import Say
 
-Progress = Callable[[str], None]
 
 
 class CompileError(OnlineTSMError, RuntimeError):
@@ -166,7 +168,7 @@ def _open_database(row: ExportTarget, target_dict: dict[str, Any]):  # noqa: ANN
     return ms.database.JSONDatabase(work_dir=str(folder), allow_missing=False), [str(folder)]
 
 
-def tune_cpu(mod, row: ExportTarget, target, trials_per_task: int, progress: Progress) -> Path:  # noqa: ANN001
+def tune_cpu(mod, row: ExportTarget, target, trials_per_task: int, progress: Say) -> Path:  # noqa: ANN001
     """MetaSchedule-tune every fused function here (``trials_per_task`` each); records go to the cache."""
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
@@ -218,7 +220,7 @@ def _export(executable, path: Path, row: ExportTarget, linker: str | None) -> No
 
 
 def compile_cpu(onnx_path: Path, manifest: Manifest, row: ExportTarget, out_dir: Path, *, library: str = "auto",
-                tune: int = 0, progress: Progress = _quiet, tuning_records: bool = True) -> CompiledLibrary:
+                tune: int = 0, progress: Say = _quiet, tuning_records: bool = True) -> CompiledLibrary:
     """Build a CPU target into ``out_dir/model.so`` (or ``model.tar``).
 
     ``tuning_records=False`` builds with the default schedules even when
@@ -263,7 +265,7 @@ FRAMES_PER_ROUND = 10
 
 
 def _faster_of_tuned_and_default(tuned, mod, target, manifest: Manifest, tuning: dict[str, Any],  # noqa: ANN001
-                                 progress: Progress):  # noqa: ANN202
+                                 progress: Say):  # noqa: ANN202
     """The tuned build, unless the default schedules run faster here; ``tuning`` says which and by how much.
 
     Tuning records hold the best candidate MetaSchedule *measured*, not the
@@ -353,7 +355,7 @@ def _tar_note(row: ExportTarget) -> str:
 # -- CUDA ----------------------------------------------------------------------------------
 
 def compile_cuda(onnx_path: Path, manifest: Manifest, row: ExportTarget, out_dir: Path, *, library: str = "auto",
-                 tune: int = 0, progress: Progress = _quiet, precision: str = "fp32") -> CompiledLibrary:
+                 tune: int = 0, progress: Say = _quiet, precision: str = "fp32") -> CompiledLibrary:
     """Build a CUDA target in a worker process (see :mod:`online_tsm.export.tvm.cuda_build`)."""
     if tune:
         raise UserError(f"--tune is not available for {row.name}: GPU kernels use dlight's default GPU "
@@ -383,7 +385,7 @@ def compile_cuda(onnx_path: Path, manifest: Manifest, row: ExportTarget, out_dir
 
 
 def compile_library(onnx_path: Path, manifest: Manifest, row: ExportTarget, out_dir: Path, *,
-                    library: str = "auto", tune: int = 0, progress: Progress = _quiet,
+                    library: str = "auto", tune: int = 0, progress: Say = _quiet,
                     precision: str = "fp32", tuning_records: bool = True) -> CompiledLibrary:
     """Compile the artifact's ``model.onnx`` for ``row`` into ``out_dir`` (``precision="fp16"``: CUDA only)."""
     if row.kind == "cuda":

@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-FP16_TOLERANCE = 0.04   # max |logit diff| as a fraction of max |logit| of float32 PyTorch
-FP16_MIN_TOP1 = 1.0     # every verification frame keeps its top-1 class
+from online_tsm.verification import FP16
 
 
 def to_mixed_precision(mod: Any) -> Any:  # noqa: ANN401 -- tvm.IRModule
@@ -46,14 +45,13 @@ def stream_fp16_llvm(onnx_path: Path, manifest: Any, frames: np.ndarray) -> np.n
 
 
 def fp16_agreement(logits: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
-    """The figures the manifest stores: relative max |logit diff| and top-1 agreement vs float32."""
+    """The figures the manifest stores, judged by the fp16 verification rule (the export's own CPU)."""
     reference = reference[:len(logits)]
     scale = float(np.abs(reference).max()) or 1.0
-    diff = float(np.abs(logits.astype(np.float64) - reference).max())
-    top1 = float(np.mean(logits.argmax(-1) == reference.argmax(-1)))
+    check = FP16.check(logits, reference, same_machine=True)
     return {"checked_on": "llvm (this machine's CPU), same mixed-precision module", "frames": int(len(logits)),
-            "max_abs_diff": diff, "relative_max_diff": diff / scale, "top1_agreement": top1,
-            "tolerance": FP16_TOLERANCE, "accumulation": "float32", "boundaries": "float32"}
+            **check, "relative_max_diff": check["max_abs_diff"] / scale, "accumulation": "float32",
+            "boundaries": "float32"}
 
 
 def measure_fp16(onnx_path: Path, manifest: Any, frames: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
@@ -62,8 +60,3 @@ def measure_fp16(onnx_path: Path, manifest: Any, frames: np.ndarray, reference: 
     What the export stores (and gates on) and what ``tsm-export verify`` recomputes.
     """
     return fp16_agreement(stream_fp16_llvm(onnx_path, manifest, frames), reference)
-
-
-def passes(check: dict[str, Any]) -> bool:
-    """The export's gate: close to float32 and no frame changes its top-1 class."""
-    return check["relative_max_diff"] <= FP16_TOLERANCE and check["top1_agreement"] >= FP16_MIN_TOP1

@@ -22,7 +22,8 @@ from typing import Sequence
 import torch
 
 from online_tsm.checkpoint import load_model
-from online_tsm.cli_util import UserError, add_debug_flag, run_cli
+from online_tsm.cli_util import add_debug_flag, run_cli
+from online_tsm.errors import UserError
 from online_tsm.labels import default_labels
 from online_tsm.models import MobileNetV2TSM
 from online_tsm.pacing import pace_from_metadata

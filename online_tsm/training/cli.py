@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from online_tsm.cli_util import UserError, add_debug_flag, run_cli
+from online_tsm.cli_util import add_debug_flag, run_cli
+
+from online_tsm.errors import UserError
 
 COMMANDS = ("train", "eval", "make-synthetic")
 EPILOG = ("other commands: 'tsm-train eval --help' (accuracy of a checkpoint, clip mode and streamed), "

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from online_tsm import synthetic
-from online_tsm.cli_util import UserError
+from online_tsm.errors import UserError
 from online_tsm.fileio import natural_key
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".webm", ".mov", ".mkv", ".m4v")
