@@ -16,7 +16,9 @@ import sys
 import webbrowser
 from typing import Sequence
 
-from online_tsm.cli_util import UserError, add_debug_flag, positive_float, positive_int, run_cli, seconds
+from online_tsm.cli_util import add_debug_flag, positive_float, positive_int, run_cli, seconds
+
+from online_tsm.errors import UserError
 from online_tsm.demo.app import DemoOptions, run_demo
 from online_tsm.demo.model import UNTRAINED_WARNING, default_backend, load_demo_model
 from online_tsm.demo.sinks import (LOG_SUFFIXES, SCREENSHOT_SUFFIXES, VIDEO_CODECS, ChangePrinter, JsonlSink,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from online_tsm.checkpoint import model_info
-from online_tsm.cli_util import UserError
+from online_tsm.errors import UserError
 from online_tsm.labels import JESTER_LABELS
 from online_tsm.models import MobileNetV2TSM, seeded_model
 from online_tsm.pacing import UPSTREAM_PACE, StreamPace, pace_from_metadata

@@ -15,7 +15,7 @@ from typing import Any, Protocol, TextIO
 import cv2
 import numpy as np
 
-from online_tsm.cli_util import UserError
+from online_tsm.errors import UserError
 
 # OpenCV's pip wheels carry FFmpeg without an H.264 encoder (licensing), so MPEG-4 Part 2 it is.
 VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}

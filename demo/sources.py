@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Protocol
 import cv2
 import numpy as np
 
-from online_tsm.cli_util import UserError
+from online_tsm.errors import UserError
 from online_tsm.fileio import natural_key
 from online_tsm.synthetic import synthetic_frames
 

@@ -38,7 +38,7 @@ import tornado.netutil
 import tornado.web
 
 from online_tsm.address import parse_host_port
-from online_tsm.cli_util import UserError
+from online_tsm.errors import UserError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765

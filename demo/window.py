@@ -13,7 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from online_tsm.cli_util import UserError
+from online_tsm.errors import UserError
 
 HEADLESS_HINT = "use --headless with --output out.mp4 and/or --log preds.jsonl"
 QUIT_KEYS = (ord("q"), ord("Q"), 27)  # 27 = Esc
