@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import ipaddress
 import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from online_tsm.address import parse_host_port
+from online_tsm.address import is_loopback, parse_host_port
 from online_tsm.errors import UserError
 from online_tsm.elf import host_arch, normalize_arch
 from online_tsm.models import MobileNetV2TSM
@@ -145,15 +144,9 @@ class RemoteSpec:
     def source_label(self) -> str:
         return f"measured on the device {self.target} at {self.host}:{self.port} (TVM RPC time_evaluator)"
 
-    def is_loopback(self) -> bool:
-        try:
-            return ipaddress.ip_address(socket.gethostbyname(self.host)).is_loopback
-        except (OSError, ValueError):
-            return False
-
     def is_this_machine(self) -> bool:
         """True when HOST is this machine: a loopback address or one of its own (binding to it succeeds)."""
-        if self.is_loopback():
+        if is_loopback(self.host, resolve=True):
             return True
         try:
             address = socket.gethostbyname(self.host)

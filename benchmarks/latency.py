@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from online_tsm.interleave import SETTLE_FRAMES, turn_order
+from online_tsm.interleave import SETTLE_FRAMES, interleaved_samples
 
 Clock = Callable[[], float]
 
@@ -110,19 +110,12 @@ def measure_interleaved(contestants: Iterable[Contestant], *, samples: int, warm
             p.stats.cold_ms = time_call(p.call, clock)
         for _ in range(warmup):
             p.call()
-    done = 0
-    turn = 0
-    while done < samples:
-        n = min(round_size, samples - done)
-        for p in turn_order(players, turn):
-            for _ in range(settle if len(players) > 1 else 0):
-                p.call()
-            for _ in range(n):
-                p.stats.samples_ms.append(time_call(p.call, clock))
-                if on_sample:
-                    on_sample()
-        done += n
-        turn += 1
+    timed = interleaved_samples(
+        {p.name: (lambda p=p: time_call(p.call, clock)) for p in players},
+        lambda turn: max(0, min(round_size, samples - turn * round_size)),
+        settle={p.name: p.call for p in players}, settle_calls=settle, on_sample=on_sample)
+    for p in players:
+        p.stats.samples_ms.extend(timed[p.name])
     return {p.name: p.stats for p in players}
 
 

@@ -24,6 +24,7 @@ from online_tsm.benchmarks.artifacts import cached_artifact, model_hash
 from online_tsm.benchmarks.backends import (BACKEND_PLANS, HOST_TVM_TARGET, ONNX_TARGET, BackendPlan, RemoteSpec,
                                             backend_availability, default_bench_backends, export_for_plan,
                                             open_for_plan, tuning_fingerprint)
+from online_tsm.interleave import interleaved_samples
 from online_tsm.benchmarks.latency import Contestant, LatencyStats, cycle_frames, measure_interleaved, measure_stages
 from online_tsm.benchmarks.models import BenchModel, resolve_bench_model
 from online_tsm.benchmarks.reference import PAPER_ROWS, roofline_rows
@@ -203,10 +204,12 @@ def _measure_remote(result: BackendResult, tsm_rt: Any, tsn_rt: Any, cfg: BenchC
             stats[name].cold_ms = rt.device_time(n=1, repeat=1).mean_ms
             if cfg.warmup:
                 rt.device_time(n=cfg.warmup, repeat=1)
-        for i in range(rounds):
-            for name, rt in ((("tsm", tsm_rt), ("tsn", tsn_rt)) if i % 2 == 0 else (("tsn", tsn_rt), ("tsm", tsm_rt))):
-                stats[name].samples_ms.append(rt.device_time(n=REMOTE_FRAMES_PER_SAMPLE, repeat=1).mean_ms)
-                tick()
+        timed = interleaved_samples(
+            {name: (lambda rt=rt: rt.device_time(n=REMOTE_FRAMES_PER_SAMPLE, repeat=1).mean_ms)
+             for name, rt in (("tsm", tsm_rt), ("tsn", tsn_rt))},
+            lambda turn: 1 if turn < rounds else 0, on_sample=tick)
+        for name, values in timed.items():
+            stats[name].samples_ms.extend(values)
     result.tsm, result.tsn = stats["tsm"], stats["tsn"]
     frames = np.stack([tsm_rt.preprocess(img) for img in images])
     stream, next_frame = tsm_rt.new_stream(), cycle_frames(frames)

@@ -23,10 +23,9 @@ import cv2
 import numpy as np
 
 from online_tsm.errors import UserError
-from online_tsm.fileio import natural_key
+from online_tsm.clips import IMAGE_SUFFIXES, image_files
 from online_tsm.synthetic import synthetic_frames
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Motions the continuous synthetic stream cycles through (names of online_tsm.synthetic).
 SYNTHETIC_CYCLE = ("swipe-left", "swipe-right", "swipe-up", "swipe-down", "zoom-in", "zoom-out", "still", "jitter")
 SOURCE_HELP = "a camera index (0), a video file, a folder of frames, or 'synthetic'"
@@ -325,8 +324,7 @@ class FolderSource(FrameSource):
 
     def __init__(self, path: str | Path, fps: float = 30.0) -> None:
         self.path = Path(path)
-        self.files = sorted((p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-                            key=natural_key)
+        self.files = image_files(self.path)
         if not self.files:
             raise SourceError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {self.path}")
         self.fps = fps

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 import socket
 import sys
@@ -37,7 +36,7 @@ import tornado.iostream
 import tornado.netutil
 import tornado.web
 
-from online_tsm.address import parse_host_port
+from online_tsm.address import is_loopback, parse_host_port
 from online_tsm.errors import UserError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -50,16 +49,6 @@ def parse_serve_address(text: str) -> tuple[str, int]:
     """``PORT``, ``HOST:PORT`` or ``[IPv6]:PORT`` -> ``(host, port)``; the host defaults to 127.0.0.1."""
     return parse_host_port(text, error=UserError, default_host=DEFAULT_HOST,
                            expected="--serve expects [HOST:]PORT with PORT 0-65535 (e.g. 8765 or 0.0.0.0:8765)")
-
-
-def is_loopback(host: str) -> bool:
-    """True when only this machine can connect to ``host`` (a loopback address or ``localhost``)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def exposure_warning(host: str, token: str | None) -> str | None:

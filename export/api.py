@@ -170,8 +170,10 @@ def export_artifact(weights_or_model: Any, target: str, out_dir: str | os.PathLi
         _describe(job, name=_model_name(weights_or_model), shift=shift, fold=fold_preprocess,
                   camera_size=camera_size, color_order=color_order)
         _export_onnx_verified(job, opset)
+        _export_profile_onnx(job, opset)
         _compile(job)
         _reduce_precision(job)
+        _ship_profile_onnx(job)
         _finish(job)
         out = publish_out_dir(staging, out_dir)
     except BaseException:
@@ -199,6 +201,7 @@ class _Job:
     roles: dict[str, str] = field(default_factory=dict)  # file name -> role in the manifest
     notes: list[str] = field(default_factory=list)
     extra_rules: dict[str, VerificationRule] = field(default_factory=dict)
+    profile_onnx: tuple[Path, dict[str, Any]] | None = None   # the row's own ONNX model, shipped as model.onnx
 
     @property
     def onnx_path(self) -> Path:
@@ -261,6 +264,29 @@ def _export_onnx_verified(job: _Job, opset: int | None) -> None:
         _VERIFIED_GRAPHS[key] = (job.onnx_path.read_bytes(), job.reference, diff)
     write_reference(job.out / REFERENCE_NAME, job.reference, frames_kind=manifest.preprocess["verification_frames"])
     job.roles.update({ONNX_NAME: "onnx", REFERENCE_NAME: "reference"})
+
+
+def _export_profile_onnx(job: _Job, opset: int | None) -> None:
+    """The row's own ONNX model (``onnx_profile``), beside the default graph until the library is built from that.
+
+    Made early so that a graph the device's runtime cannot parse fails the export before the long compile.
+    """
+    if job.row.onnx_profile is None:
+        return
+    from online_tsm.export.formats.onnx_tensorrt import export_profile_onnx
+
+    job.profile_onnx = export_profile_onnx(job.row.onnx_profile, job.graph_model, job.manifest, job.frames,
+                                           job.reference, job.out / f".{job.row.onnx_profile}.onnx", opset=opset,
+                                           say=job.say)
+
+
+def _ship_profile_onnx(job: _Job) -> None:
+    """``model.onnx`` becomes the row's own ONNX model; the manifest says which and how it was checked."""
+    if job.profile_onnx is None:
+        return
+    path, record = job.profile_onnx
+    os.replace(path, job.onnx_path)
+    job.manifest.model["onnx_graph"] = record
 
 
 def _compile(job: _Job) -> None:

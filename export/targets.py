@@ -38,6 +38,10 @@ class ExportTarget:
     and ``precision_hints``: a row's own advice when a precision is asked of it
     that it does not take.  ``qemu_cpu``: the CPU model ``verify --emulate``
     runs its code on (the device's core, not qemu's feature-rich default).
+    ``onnx_profile``: which ONNX model the artifact ships when the device's
+    runtime needs an older one than the exporter's default (``tensorrt-8.2``:
+    opset 13, checked node by node against TensorRT 8.2's operator table, see
+    :mod:`online_tsm.export.formats.onnx_tensorrt`); ``None``: the default graph.
     """
 
     name: str
@@ -58,6 +62,7 @@ class ExportTarget:
     options: frozenset[str] = frozenset()
     precision_hints: tuple[tuple[str, str], ...] = ()
     qemu_cpu: str | None = None
+    onnx_profile: str | None = None
 
     @property
     def cross(self) -> bool:
@@ -158,17 +163,35 @@ Then package model.so + manifest.json with an app that embeds the TVM runtime (T
 android_rpc apps build it with the NDK), or push it to a device running the TVM RPC app and use
   tsm-bench --rpc HOST:PORT --target android-arm64 --artifact {folder}
 """
-_JETSON_STEPS = """The library holds aarch64 (Cortex-A57) host code and CUDA kernels compiled for sm_53 by {cuda_compiler}.
-It needs a TVM runtime built with CUDA on the Jetson (PyPI has no CUDA build for aarch64):
+_JETSON_STEPS = """Two engines read this folder; run.py picks TVM where it is installed, else TensorRT.
+TensorRT, nothing to install on JetPack 4.6 (Python 3.6, TensorRT 8.2, CUDA 10.2), from model.onnx (opset 13):
   scp -r {folder} jetson@nano:
-  # on the Nano: build apache/tvm v0.27 runtime with -DUSE_CUDA=ON -DUSE_LLVM=OFF (runtime only), then
-{link_step}  python3 run.py --json nano.json   (runs on the GPU: --device cuda is the default here)
-Caveat: JetPack 4.6 (the Nano's last) ships CUDA 10.2; a cubin from a newer toolkit is not guaranteed to
-load on that driver. The fall-back that always works on the device: TensorRT (JetPack's) from model.onnx
-  python3 run.py --tensorrt --fp16 --json nano-trt.json   # builds and caches the engine on the Nano
+  python3 run.py --tensorrt --fp16 --json nano-trt.json   # builds and caches the engine on the Nano (minutes)
+  /usr/src/tensorrt/bin/trtexec --onnx=model.onnx --fp16 --exportTimes=trtexec-times.json   # timing only
+TVM, from the library: aarch64 (Cortex-A57) host code and sm_53 CUDA kernels from {cuda_compiler}.
+It needs a TVM runtime built with CUDA on the Jetson (PyPI has no CUDA build for aarch64; see docs/on-device.md):
+{link_step}  python3 run.py --engine tvm --json nano.json   (runs on the GPU; run.py refuses a driver older than
+  the kernels need, manifest.json target.device_code.min_cuda_driver)
+"""
+_ORIN_STEPS = """JetPack 6 (Python 3.10, CUDA 12.2+, TensorRT 8.6/10). TensorRT from model.onnx:
+  scp -r {folder} jetson@orin:
+  python3 run.py --tensorrt --fp16 --json orin-trt.json
+TVM, from the library: aarch64 (Cortex-A78AE) host code and sm_87 CUDA kernels from {cuda_compiler}; it needs a
+TVM runtime built with CUDA on the board (see docs/on-device.md):
+{link_step}  python3 run.py --engine tvm --json orin.json
+"""
+_CUDA_STEPS = """Any NVIDIA GPU (sm_53 or newer): the kernels come from {cuda_compiler}, compiled by the driver for the GPU
+it finds. The apache-tvm wheel for x86-64 Linux runs CUDA:
+  pip install apache-tvm==0.27.0.post1 numpy
+  python3 run.py --json gpu.json                      # TVM on the GPU, verified against PyTorch, then timed
+  python3 run.py --tensorrt --fp16 --json gpu-trt.json    # with TensorRT's Python package (pip install tensorrt)
+tests/gpu/run.sh in online-tsm does all of it in one call, fp32 and fp16.
 """
 
 _AARCH64_GNU = "aarch64-linux-gnu"
+#: The Nano's kernels as PTX through LLVM's NVPTX back end (export/tvm/nvptx.py): ISA 4.2, which CUDA 10.2 loads.
+_NANO_PTX = {"kind": "nvptx", "mcpu": "sm_53", "mtriple": "nvptx64-nvidia-cuda", "max_num_threads": 1024,
+             "thread_warp_size": 32}
 #: Options a row may take (see :mod:`online_tsm.export.options`): ``tune`` measures schedules on this machine,
 #: ``library`` chooses ``.so``/``.tar`` for a TVM library.
 ROW_OPTIONS = frozenset({"tune", "library"})
@@ -190,18 +213,53 @@ TARGETS: tuple[ExportTarget, ...] = (
         name="jetson-nano",
         kind="cuda",
         description="NVIDIA Jetson Nano: CUDA sm_53 kernels + aarch64 Cortex-A57 host code",
-        tvm_target={"kind": "cuda", "arch": "sm_53", "max_num_threads": 1024, "thread_warp_size": 32,
-                    "max_shared_memory_per_block": 49152, "registers_per_block": 32768},
+        tvm_target=_NANO_PTX,
         tvm_host={"kind": "llvm", "mtriple": _AARCH64_GNU, "mcpu": "cortex-a57", "mattr": ["+neon"]},
         triple=_AARCH64_GNU,
         cpu="cortex-a57",
         linker="aarch64-linux-gnu-gcc",
-        device_notes="needs a TVM runtime built with CUDA on the Nano; kernels are sm_53 cubins (NVRTC 12.9)",
+        device_notes="TensorRT 8.2 (JetPack 4.6) runs model.onnx as shipped; TVM needs a runtime built with CUDA on "
+                     "the Nano; kernels are sm_53 PTX (ISA 4.2, LLVM NVPTX) that CUDA 10.2 loads",
         aliases=("jetson", "nano"),
         device_steps=_JETSON_STEPS,
         precisions=("fp32", "fp16"),
         options=frozenset({"library"}),
         qemu_cpu="cortex-a57",
+        onnx_profile="tensorrt-8.2",
+    ),
+    ExportTarget(
+        name="jetson-orin-nano",
+        kind="cuda",
+        description="NVIDIA Jetson Orin Nano (JetPack 6): CUDA sm_87 kernels + aarch64 Cortex-A78AE host code",
+        # TVM's tag nvidia/jetson-orin-nano, with the Orin's own CPU as host (the tag's host is Xavier's Carmel)
+        tvm_target={"kind": "cuda", "arch": "sm_87", "max_num_threads": 1024, "thread_warp_size": 32,
+                    "max_shared_memory_per_block": 49152, "registers_per_block": 65536},
+        tvm_host={"kind": "llvm", "mtriple": _AARCH64_GNU, "mcpu": "cortex-a78ae", "mattr": ["+neon"]},
+        triple=_AARCH64_GNU,
+        cpu="cortex-a78ae",
+        linker="aarch64-linux-gnu-gcc",
+        device_notes="TensorRT 8.6/10 runs model.onnx; TVM needs a runtime built with CUDA on the board; kernels "
+                     "are sm_87 cubins (NVRTC 12.9) for a CUDA 12 driver",
+        aliases=("orin-nano", "orin"),
+        device_steps=_ORIN_STEPS,
+        precisions=("fp32", "fp16"),
+        options=frozenset({"library"}),
+        qemu_cpu="cortex-a76",
+        onnx_profile="tensorrt-8.2",
+    ),
+    ExportTarget(
+        name="cuda",
+        kind="cuda",
+        description="any NVIDIA GPU (sm_53+) on this machine's CPU (x86-64): the Nano's PTX kernels, JIT-compiled "
+                    "by the driver",
+        tvm_target=_NANO_PTX,
+        tvm_host={"kind": "llvm"},
+        device_notes="the Jetson Nano's kernels checked on any NVIDIA GPU: run.py here with a GPU, or tests/gpu/run.sh",
+        aliases=("gpu", "nvidia-gpu"),
+        device_steps=_CUDA_STEPS,
+        precisions=("fp32", "fp16"),
+        options=frozenset({"library"}),
+        onnx_profile="tensorrt-8.2",
     ),
     ExportTarget(
         name="android-arm64",

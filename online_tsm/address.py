@@ -3,10 +3,13 @@
 The TVM RPC and Triton backends, the browser view's ``--serve`` and the
 benchmark's ``--rpc`` all take an address; they parse it here so that they
 accept the same spellings (``[IPv6]:PORT`` included) and refuse the same
-mistakes, each in its own words (``expected``) and error type.
+mistakes, each in its own words (``expected``) and error type.  Whether an
+address is this machine's alone is decided here too (:func:`is_loopback`).
 """
 from __future__ import annotations
 
+import ipaddress
+import socket
 from typing import Callable
 
 from online_tsm.errors import OnlineTSMError
@@ -38,3 +41,25 @@ def parse_host_port(text: str, *, expected: str = "expected an address HOST:PORT
 def format_host_port(host: str, port: int) -> str:
     """The inverse of :func:`parse_host_port`: ``HOST:PORT``, with an IPv6 host in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def is_loopback(host: str, resolve: bool = False) -> bool:
+    """True when only this machine can reach ``host``: ``localhost`` or a loopback address.
+
+    Without ``resolve`` another name counts as reachable from elsewhere (the
+    safe answer when deciding whether to warn about an exposed server); with
+    it, the name is looked up first (the right answer when deciding whether a
+    server is this very machine).
+    """
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    if not resolve:
+        return False
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False

@@ -16,7 +16,7 @@ made an identical session look 0.58x as fast.  So:
 """
 from __future__ import annotations
 
-from typing import Sequence, TypeVar
+from typing import Callable, Mapping, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -30,3 +30,33 @@ def turn_order(contestants: Sequence[T], turn: int) -> list[T]:
         return []
     k = turn % n
     return list(contestants[k:]) + list(contestants[:k])
+
+
+def interleaved_samples(samplers: Mapping[str, Callable[[], float]], samples_in_turn: Callable[[int], int], *,
+                        settle: Mapping[str, Callable[[], object]] | None = None, settle_calls: int = SETTLE_FRAMES,
+                        on_sample: Callable[[], None] | None = None) -> dict[str, list[float]]:
+    """Take samples from every contestant in rotating rounds; the one timing loop of the toolkit.
+
+    In round ``turn`` each contestant, in :func:`turn_order`, first makes
+    ``settle_calls`` untimed calls of its ``settle`` function (when given and
+    when there is more than one contestant: a lone one is never handed over
+    to), then gives ``samples_in_turn(turn)`` samples of its sampler (a
+    measured figure, e.g. milliseconds).  Rounds go on until
+    ``samples_in_turn`` returns 0, so callers stop on a count, a deadline or
+    both.  ``on_sample`` runs after every sample (progress bars).
+    """
+    names = list(samplers)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    settle = settle if settle and len(names) > 1 else {}
+    turn = 0
+    while (count := samples_in_turn(turn)) > 0:
+        for name in turn_order(names, turn):
+            if name in settle:
+                for _ in range(settle_calls):
+                    settle[name]()
+            for _ in range(count):
+                samples[name].append(samplers[name]())
+                if on_sample:
+                    on_sample()
+        turn += 1
+    return samples

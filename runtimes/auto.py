@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from online_tsm.fileio import atomic_write
-from online_tsm.interleave import SETTLE_FRAMES, turn_order
+from online_tsm.interleave import SETTLE_FRAMES, interleaved_samples
 from online_tsm.runtimes.base import BackendUnavailable, Runtime, RuntimeOpenError
 
 ENV_CHOICE = "ONLINE_TSM_AUTO"
@@ -145,19 +145,21 @@ def measure_backends(runtimes: dict[str, Runtime], *, budget_s: float = BUDGET_S
     for stream, frame in streams.values():
         for _ in range(warmup):
             stream.step(frame)
-    samples: dict[str, list[float]] = {name: [] for name in runtimes}
-    names = list(runtimes)
-    for turn in range(max_rounds):
-        if turn >= min_rounds and clock() - start >= budget_s:
-            break
-        for name in turn_order(names, turn):
-            stream, frame = streams[name]
-            for _ in range(settle):
-                stream.step(frame)
-            for _ in range(round_frames):
-                t0 = clock()
-                stream.step(frame)
-                samples[name].append((clock() - t0) * 1e3)
+
+    def timed_step(name: str) -> float:
+        stream, frame = streams[name]
+        t0 = clock()
+        stream.step(frame)
+        return (clock() - t0) * 1e3
+
+    def frames_in_round(turn: int) -> int:
+        if turn >= max_rounds or turn >= min_rounds and clock() - start >= budget_s:
+            return 0
+        return round_frames
+
+    samples = interleaved_samples({name: (lambda name=name: timed_step(name)) for name in runtimes}, frames_in_round,
+                                  settle={name: (lambda s=s: s[0].step(s[1])) for name, s in streams.items()},
+                                  settle_calls=settle)
     return ({n: float(np.median(s)) for n, s in samples.items()}, {n: len(s) for n, s in samples.items()})
 
 

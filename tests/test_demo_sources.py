@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from online_tsm.demo.sources import (CameraLostError, CameraSource, FolderSource, SourceError, SyntheticSource,
-                                     ThreadedReader, VideoFileSource, natural_key, open_source)
+                                     ThreadedReader, VideoFileSource, open_source)
+from online_tsm.fileio import natural_key
 
 
 def numbered(i: int) -> np.ndarray:

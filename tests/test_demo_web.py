@@ -15,7 +15,8 @@ from online_tsm.checkpoint import save_checkpoint
 from online_tsm.errors import UserError
 from online_tsm.demo import cli
 from online_tsm.demo.app import frame_record
-from online_tsm.demo.web import LiveView, exposure_warning, is_loopback, parse_serve_address
+from online_tsm.address import is_loopback
+from online_tsm.demo.web import LiveView, exposure_warning, parse_serve_address
 from online_tsm.smoothing import SmoothedPrediction
 
 LABELS = ["left", "right", "up", "down"]
@@ -163,6 +164,7 @@ def test_addresses_and_the_network_warning():
             parse_serve_address(bad)
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.20")
+    assert not is_loopback("my-laptop") and is_loopback("127.0.0.2", resolve=True)   # names count only resolved
     assert exposure_warning("127.0.0.1", None) is None
     assert exposure_warning("0.0.0.0", None) == ("warning: serving on 0.0.0.0 makes the camera visible to everyone "
                                                  "on the network; add --token SECRET to require ?token=SECRET")

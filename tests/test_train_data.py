@@ -7,6 +7,7 @@ import pytest
 
 from online_tsm import synthetic
 from online_tsm.preprocess import preprocess_frame
+from online_tsm import clips
 from online_tsm.training import data
 from online_tsm.training.augment import EvalTransform, TrainAugment, flip_label_map
 from online_tsm.training.dataset import ClipDataset, segment_indices
@@ -106,10 +107,10 @@ def test_folder_layout_with_videos_and_frame_folders_and_a_bad_video(tmp_path, c
     assert len(split.val) == 2  # one per class
     assert [name for name, _ in split.report.skipped] == [str(root / "b" / "broken.mp4")]
     assert "skipped 1 unreadable clip(s)" in split.report.summary()
-    clip = next(c for c in split.train + split.val if isinstance(c, data.VideoClip))
+    clip = next(c for c in split.train + split.val if isinstance(c, clips.VideoClip))
     frames = clip.load([0, 5, 2])
     assert len(frames) == 3 and frames[0].shape == (32, 40, 3)
-    folder_clip = next(c for c in split.train + split.val if isinstance(c, data.FrameFolderClip))
+    folder_clip = next(c for c in split.train + split.val if isinstance(c, clips.FrameFolderClip))
     assert folder_clip.n_frames == 5 and folder_clip.load([4])[0].shape == (24, 32, 3)
 
 

@@ -2,7 +2,8 @@
 
 ``verify`` uses this for artifacts that cannot run here (aarch64, CUDA), and
 the tests use it to prove that the Jetson library carries ``sm_53`` device
-code -- a claim checked in the bytes, not written in a README.
+code, and for PTX which ISA (what decides the oldest driver that loads it) --
+claims checked in the bytes, not written in a README.
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from pathlib import Path
 from online_tsm.elf import EM_AARCH64, EM_CUDA, EM_X86_64, MACHINE_NAMES, ElfError, elf_machine, machine_name
 
 __all__ = ["EM_AARCH64", "EM_CUDA", "EM_X86_64", "MACHINE_NAMES", "CudaImage", "ElfError", "cubin_kernel_names",
-           "elf_machine", "embedded_cuda_images", "library_machines", "machine_name"]
-_PTX_TARGET = re.compile(rb"\.target\s+(sm_\d+)")
+           "elf_machine", "embedded_cuda_images", "library_machines", "machine_name", "ptx_kernel_names"]
+# Every PTX module starts (after comments) with its ISA version and target: ".version 4.2\n.target sm_53".
+_PTX_HEADER = re.compile(rb"\.version\s+(\d+\.\d+)\s+\.target\s+(sm_\d+)")
+_PTX_ENTRY = re.compile(rb"\.entry\s+([A-Za-z_$][\w$]*)\s*\(")
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,8 @@ class CudaImage:
     kind: str        # "cubin" or "ptx"
     arch: str        # "sm_53"
     offset: int
-    size: int
+    size: int        # bytes; a PTX module runs from its header to the first NUL byte (it holds none)
+    isa: str | None = None   # PTX ISA version from its .version line ("4.2"); None for cubins
 
 
 def library_machines(path: str | Path) -> dict[str, int]:
@@ -80,9 +84,17 @@ def embedded_cuda_images(path: str | Path) -> list[CudaImage]:
             if found:
                 images.append(CudaImage("cubin", found[0], start, found[1]))
             start = blob.find(b"\x7fELF", start + 4)
-        for match in _PTX_TARGET.finditer(blob):
-            images.append(CudaImage("ptx", match.group(1).decode(), match.start(), 0))
+        for match in _PTX_HEADER.finditer(blob):
+            end = blob.find(b"\0", match.start())
+            size = (len(blob) if end == -1 else end) - match.start()
+            images.append(CudaImage("ptx", match.group(2).decode(), match.start(), size, match.group(1).decode()))
     return images
+
+
+def ptx_kernel_names(path: str | Path, image: CudaImage) -> list[str]:
+    """Names of the kernels (``.entry``: what a driver can launch) in a PTX image."""
+    blob = next(b for b in _library_bytes(Path(path)) if _PTX_HEADER.match(b, image.offset))
+    return [m.group(1).decode() for m in _PTX_ENTRY.finditer(blob, image.offset, image.offset + image.size)]
 
 
 def cubin_kernel_names(path: str | Path, image: CudaImage) -> list[str]:

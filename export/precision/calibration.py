@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from online_tsm.clips import DataReport, clip_from_path, image_files
 from online_tsm.errors import UserError
 
 SYNTHETIC = "synthetic"
@@ -74,10 +75,8 @@ def _from_split(split: object, model_labels: Sequence[str], every: int, n_calibr
 
 def _single_stream(path: Path, every: int) -> CalibrationSet:
     """A video or a frame folder: the first two thirds calibrate, the last third is held out."""
-    from online_tsm.training import data as data_mod
-
-    report = data_mod.DataReport()
-    clip = data_mod._clip_from_path(path, 0, report)  # noqa: SLF001 -- the one reader of videos and frame folders
+    report = DataReport()
+    clip = clip_from_path(path, 0, report)
     if clip is None:
         why = report.summary() or "not a video or a folder of images"
         raise UserError(f"--calibration {path}: cannot read it ({why})")
@@ -112,7 +111,7 @@ def load_calibration(data: str, model_labels: Sequence[str], *, every: int = 1, 
                         f"frames, or '{SYNTHETIC}')")
     if path.is_file():
         return _single_stream(path, every)
-    if data_mod._image_files(path):  # noqa: SLF001 -- images directly inside: one clip as frames
+    if image_files(path):  # images directly inside: one clip as frames
         return _single_stream(path, every)
     try:
         fmt = data_mod.detect_format(str(path))

@@ -306,7 +306,7 @@ def time_executables(executables: dict[str, Any], inputs: dict[str, tuple[list[i
 
     import tvm
 
-    from online_tsm.interleave import turn_order
+    from online_tsm.interleave import interleaved_samples
     from online_tsm.runtimes.tvm_backend import ENTRY, config_threadpool_keeping_affinity, default_threads
 
     config_threadpool_keeping_affinity(tvm, default_threads())
@@ -321,11 +321,11 @@ def time_executables(executables: dict[str, Any], inputs: dict[str, tuple[list[i
                                   for shape, dtype in inputs.values()))
             vm.time_evaluator("invoke_stateful", device, number=3, repeat=1)(ENTRY)   # warm-up
             machines[name] = vm
-        samples: dict[str, list[float]] = {name: [] for name in machines}
-        for turn in range(TIMING_ROUNDS):
-            for name in turn_order(list(machines), turn):
-                timer = machines[name].time_evaluator("invoke_stateful", device, number=FRAMES_PER_ROUND, repeat=1)
-                samples[name].append(timer(ENTRY).mean * 1e3)
+        timers = {name: vm.time_evaluator("invoke_stateful", device, number=FRAMES_PER_ROUND, repeat=1)
+                  for name, vm in machines.items()}
+        samples = interleaved_samples({name: (lambda timer=timer: timer(ENTRY).mean * 1e3)
+                                       for name, timer in timers.items()},
+                                      lambda turn: 1 if turn < TIMING_ROUNDS else 0)
     return {name: round(float(np.median(values)), 3) for name, values in samples.items()}
 
 

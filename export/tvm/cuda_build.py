@@ -10,11 +10,16 @@ Run as ``python -m online_tsm.export.tvm.cuda_build REQUEST_JSON`` by
    present, this worker loads a stub ``libcuda.so.1`` (built here with the C
    compiler; every function returns CUDA_ERROR_NO_DEVICE) before TVM, so the
    code generator loads.  Nothing here ever runs a kernel.
-2. The CUDA 13 toolkit cannot target the Nano's ``sm_53``; TVM's compile hook
-   is pointed at NVRTC 12.9 (:mod:`online_tsm.export.tvm.nvrtc`), which can.
+2. Two kernel routes, chosen by the row's TVM target kind.  ``nvptx``: LLVM's
+   NVPTX back end writes PTX of an ISA old drivers JIT-compile (the Nano's CUDA
+   10.2 among them), with the mends of :mod:`online_tsm.export.tvm.nvptx`.
+   ``cuda``: TVM's CUDA C, compiled to cubins by NVRTC 12.9
+   (:mod:`online_tsm.export.tvm.nvrtc`) -- the CUDA 13 toolkit cannot target
+   ``sm_5x``; right for boards with a CUDA 12 driver (JetPack 6).
 
 The result is checked in the bytes (:mod:`online_tsm.export.device.elf`): a library
-without a cubin for the target's architecture is an error, not a warning.
+without device code for the target's architecture is an error, not a warning;
+PTX must also assemble with ``ptxas`` and declare its kernels as entries.
 A separate process is needed because the stub must be in place before TVM's
 runtime libraries load, which in a long-lived process (tests, notebooks) has
 already happened.
@@ -79,26 +84,15 @@ def build(request: dict) -> dict:
         notes.append("no CUDA driver here: TVM's CUDA code generator was loaded against a stub libcuda.so.1 "
                      "(kernels are compiled, never run, on this machine)")
     import tvm
-    import tvm.support.nvcc  # noqa: F401 -- registers TVM's own compile hook, which is replaced below
+    import tvm.support.nvcc  # noqa: F401 -- registers TVM's own compile hooks, which are replaced below
     import tvm_ffi
+    from tvm.relax.backend.cuda import get_default_pipeline
 
-    from online_tsm.export.device import elf
-
-    from online_tsm.export.tvm import nvrtc
     from online_tsm.export.tvm.build import relax_from_onnx
 
-    arch = request["target"]["arch"]
-    compiled = []
-
-    @tvm_ffi.register_global_func("tvm_callback_cuda_compile", override=True)
-    def _compile(code: str) -> bytes:  # noqa: ANN202 -- called by TVM's C++ code generator
-        cubin = nvrtc.compile_cuda(code, arch)
-        compiled.append((len(code), len(cubin)))
-        return cubin
-
-    if nvrtc.find_nvrtc() is None:
-        raise nvrtc.NvrtcError(f"NVRTC 12 not found: pip install {nvrtc.NVRTC_PACKAGE} (CUDA 13's nvcc cannot "
-                               f"target {arch}, and without a compiler TVM would keep the kernels as source)")
+    ptx_route = request["target"]["kind"] == "nvptx"
+    arch = request["target"]["mcpu"] if ptx_route else request["target"]["arch"]
+    route = _PtxRoute(tvm_ffi, tvm.tirx, arch) if ptx_route else _NvrtcRoute(tvm_ffi, arch)
     target = tvm.target.Target(request["target"], host=request["host"])
     mod = relax_from_onnx(request["onnx"], {k: (v[0], v[1]) for k, v in request["inputs"].items()})
     if request.get("precision") == "fp16":
@@ -106,26 +100,88 @@ def build(request: dict) -> dict:
 
         mod = to_mixed_precision(mod)
     with target:  # TVM's compile hook reads the current target
-        executable = tvm.compile(mod, target)
+        executable = tvm.compile(mod, target, relax_pipeline=get_default_pipeline(target))
     output = Path(request["output"])
-    if output.suffix == ".so":
+    if output.suffix == ".so" and request.get("linker"):
         from tvm.support import cc
 
         executable.export_library(str(output), fcompile=cc.cross_compiler(request["linker"]))
     else:
-        executable.export_library(str(output))
-    images = elf.embedded_cuda_images(output)
-    cubins = [i for i in images if i.kind == "cubin" and i.arch == arch]
-    if not compiled or not cubins:
-        raise RuntimeError(f"the CUDA build produced no {arch} cubin (TVM kept the kernels as CUDA source); "
-                           "the library would not run on a GPU")
-    kernels = elf.cubin_kernel_names(output, cubins[0])
-    return {"notes": notes,
-            "device_code": {"format": "cubin", "arch": arch, "precision": request.get("precision", "fp32"),
-                            "compiler": f"NVRTC {nvrtc.nvrtc_version()}",
-                            "kernels": len(kernels), "cubin_bytes": cubins[0].size,
-                            "schedules": "dlight default GPU rules (Matmul, GEMV, Reduction, "
-                                         "GeneralReduction, Fallback); no tuning"}}
+        executable.export_library(str(output))   # a .tar of objects, or a .so linked by this machine's compiler
+    code = route.inspect(output)
+    code.update(precision=request.get("precision", "fp32"),
+                schedules="dlight default GPU rules (Matmul, GEMV, Reduction, GeneralReduction, Fallback); no tuning")
+    return {"notes": notes, "device_code": code}
+
+
+class _NvrtcRoute:
+    """CUDA C from TVM, compiled to a cubin by NVRTC 12 (a CUDA 12 driver loads it)."""
+
+    def __init__(self, tvm_ffi, arch: str) -> None:  # noqa: ANN001 -- the tvm_ffi module
+        from online_tsm.export.tvm import nvrtc
+
+        self.arch, self.nvrtc, self.compiled = arch, nvrtc, []
+        if nvrtc.find_nvrtc() is None:
+            raise nvrtc.NvrtcError(f"NVRTC 12 not found: pip install {nvrtc.NVRTC_PACKAGE} (CUDA 13's nvcc cannot "
+                                   f"target {arch}, and without a compiler TVM would keep the kernels as source)")
+
+        @tvm_ffi.register_global_func("tvm_callback_cuda_compile", override=True)
+        def _compile(code: str) -> bytes:  # noqa: ANN202 -- called by TVM's C++ code generator
+            cubin = nvrtc.compile_cuda(code, arch)
+            self.compiled.append((len(code), len(cubin)))
+            return cubin
+
+    def inspect(self, output: Path) -> dict:
+        from online_tsm.export.device import elf
+
+        cubins = [i for i in elf.embedded_cuda_images(output) if i.kind == "cubin" and i.arch == self.arch]
+        if not self.compiled or not cubins:
+            raise RuntimeError(f"the CUDA build produced no {self.arch} cubin (TVM kept the kernels as CUDA source); "
+                               "the library would not run on a GPU")
+        version = self.nvrtc.nvrtc_version() or "12"
+        return {"format": "cubin", "arch": self.arch, "ptx_isa": None, "compiler": f"NVRTC {version}",
+                # CUDA 12's minor-version compatibility: a cubin from a 12.x compiler loads on any 12.x driver
+                "min_cuda_driver": f"{version.split('.')[0]}.0",
+                "kernels": len(elf.cubin_kernel_names(output, cubins[0])), "cubin_bytes": cubins[0].size}
+
+
+class _PtxRoute:
+    """PTX from LLVM's NVPTX back end, JIT-compiled by the driver (:mod:`online_tsm.export.tvm.nvptx`)."""
+
+    def __init__(self, tvm_ffi, tirx, arch: str) -> None:  # noqa: ANN001 -- TVM modules
+        from online_tsm.export.tvm import nvptx
+
+        self.arch, self.nvptx = arch, nvptx
+        if nvptx.find_ptxas() is None:
+            raise nvptx.PtxError(f"ptxas is needed to check the PTX kernels: pip install {nvptx.NVCC_PACKAGE}")
+        self.build = nvptx.install(tvm_ffi, tirx)
+
+    def inspect(self, output: Path) -> dict:
+        from tvm.target.codegen import llvm_version_major
+
+        import tvm
+        from online_tsm.export.device import elf
+
+        images = [i for i in elf.embedded_cuda_images(output) if i.kind == "ptx"]
+        if not self.build.ptx or not images:
+            raise RuntimeError("the CUDA build produced no PTX (TVM kept the kernels as CUDA source); the library "
+                               "would not run on a GPU")
+        if {i.arch for i in images} != {self.arch} or len({i.isa for i in images}) != 1:
+            raise RuntimeError(f"the library's PTX is for {sorted({i.arch for i in images})}, ISA "
+                               f"{sorted({str(i.isa) for i in images})}; expected {self.arch} and one ISA")
+        kernels = sum(len(elf.ptx_kernel_names(output, image)) for image in images)
+        if kernels != self.build.kernels:
+            raise RuntimeError(f"the library's PTX declares {kernels} kernel entries, the build made "
+                               f"{self.build.kernels}: some kernels could not be launched")
+        for text in self.build.ptx:
+            self.nvptx.assemble(text, self.arch)
+        isa = images[0].isa
+        return {"format": "ptx", "arch": self.arch, "ptx_isa": isa,
+                "compiler": f"LLVM {llvm_version_major()} NVPTX via TVM {tvm.__version__}",
+                "min_cuda_driver": self.nvptx.min_cuda_for_isa(isa), "kernels": kernels,
+                "ptx_bytes": sum(i.size for i in images),
+                "checked": f"ptxas {self.nvptx.ptxas_version() or '?'} assembles it for {self.arch}; every kernel "
+                           "an .entry"}
 
 
 def main(argv: list[str]) -> int:

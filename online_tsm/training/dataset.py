@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from online_tsm.training.data import Clip, DataError
+from online_tsm.clips import Clip, DataError
 
 Transform = Callable[[list[np.ndarray], int, np.random.Generator], tuple[np.ndarray, int]]
 
