@@ -180,8 +180,8 @@ TVM, from the library: aarch64 (Cortex-A78AE) host code and sm_87 CUDA kernels f
 TVM runtime built with CUDA on the board (see docs/on-device.md):
 {link_step}  python3 run.py --engine tvm --json orin.json
 """
-_CUDA_STEPS = """Any NVIDIA GPU (sm_53 or newer): the kernels come from {cuda_compiler}, compiled by the driver for the GPU
-it finds. The apache-tvm wheel for x86-64 Linux runs CUDA:
+_CUDA_STEPS = """Any NVIDIA GPU (sm_53 or newer): the kernels come from {cuda_compiler}, compiled by the
+driver for the GPU it finds. The apache-tvm wheel for x86-64 Linux runs CUDA:
   pip install apache-tvm==0.27.0.post1 numpy
   python3 run.py --json gpu.json                      # TVM on the GPU, verified against PyTorch, then timed
   python3 run.py --tensorrt --fp16 --json gpu-trt.json    # with TensorRT's Python package (pip install tensorrt)

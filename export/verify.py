@@ -95,14 +95,9 @@ def _static(directory: Path, manifest: Manifest) -> VerifyResult:
         lines.append(f"{library}: {len(machines)} ELF object(s), machine {', '.join(kinds)}"
                      + ("" if ok else f" -- expected {elf.machine_name(expected)}: FAIL"))
     if target.get("kind") == "cuda":
-        arch = (target.get("tvm_target") or {}).get("arch", "")
-        images = elf.embedded_cuda_images(directory / library)
-        cubins = [i for i in images if i.kind == "cubin" and i.arch == arch]
-        ok = bool(cubins)
+        ok, line = check_device_code(directory / library, target)
         passed &= ok
-        lines.append(f"CUDA device code: {len(cubins)} {arch} cubin(s)"
-                     + (f" with {len(elf.cubin_kernel_names(directory / library, cubins[0]))} kernels" if ok
-                        else " -- none found (kernels kept as source?): FAIL"))
+        lines.append(line)
     if manifest.model.get("precision") == "fp16" and manifest.file_with_role("onnx"):
         ok, line = recheck_fp16(directory, manifest)
         passed &= ok
@@ -111,6 +106,45 @@ def _static(directory: Path, manifest: Manifest) -> VerifyResult:
                  + ("or --emulate (aarch64 under qemu)" if target.get("kind") == "cpu" else
                     "(CUDA kernels cannot run without an NVIDIA GPU)"))
     return VerifyResult(directory, name, "static", passed, lines=lines)
+
+
+def check_device_code(library: Path, target: dict) -> tuple[bool, str]:
+    """The CUDA device code in the library's bytes against the manifest's ``device_code`` (format, arch, ISA).
+
+    PTX: its ISA (the ``.version`` line) decides the oldest driver that JIT-compiles it, so it must be the one
+    recorded, and the recorded ``min_cuda_driver`` no older than that ISA needs.  Older manifests without a
+    ``device_code.format`` held cubins for ``tvm_target.arch``.
+    """
+    from online_tsm.export.device import elf
+    from online_tsm.export.tvm.nvptx import PtxError, min_cuda_for_isa, version_key
+
+    code = target.get("device_code") or {}
+    kind = code.get("format", "cubin")
+    arch = code.get("arch") or (target.get("tvm_target") or {}).get("arch", "")
+    images = [i for i in elf.embedded_cuda_images(library) if i.kind == kind and i.arch == arch]
+    if not images:
+        return False, f"CUDA device code: no {arch} {kind} found (kernels kept as source?): FAIL"
+    if kind == "cubin":
+        return True, (f"CUDA device code: {len(images)} {arch} cubin(s) with "
+                      f"{len(elf.cubin_kernel_names(library, images[0]))} kernels"
+                      + (f", for CUDA drivers >= {code['min_cuda_driver']}" if code.get("min_cuda_driver") else ""))
+    isas = sorted({str(i.isa) for i in images})
+    kernels = sum(len(elf.ptx_kernel_names(library, i)) for i in images)
+    recorded, minimum = code.get("ptx_isa"), code.get("min_cuda_driver")
+    problems = []
+    if isas != [recorded]:
+        problems.append(f"the bytes say ISA {', '.join(isas)}, the manifest {recorded}")
+    try:
+        needs = max((min_cuda_for_isa(isa) for isa in isas), key=version_key)
+        if minimum is None or version_key(minimum) < version_key(needs):
+            problems.append(f"ISA {', '.join(isas)} needs a CUDA {needs} driver, the manifest says {minimum}")
+    except (PtxError, ValueError) as exc:
+        problems.append(str(exc))
+    if not kernels:
+        problems.append("no kernel is declared .entry (a driver could launch none)")
+    text = (f"CUDA device code: {arch} PTX, ISA {', '.join(isas)} (in the bytes), {kernels} kernels; JIT-compiled by "
+            f"CUDA drivers >= {minimum} (manifest target.device_code.min_cuda_driver)")
+    return not problems, text + (f" -- {'; '.join(problems)}: FAIL" if problems else "")
 
 
 def recheck_fp16(directory: Path, manifest: Manifest) -> tuple[bool, str]:

@@ -130,27 +130,31 @@ def test_cross_targets_build_aarch64_objects(export_cache, small_weights, target
     assert manifest.target["runs_here"] is False
 
 
-def test_jetson_artifact_holds_sm53_device_code(export_cache, small_weights):
+def test_jetson_artifact_holds_sm53_ptx_a_cuda_10_2_driver_loads(export_cache, small_weights):
     folder = export_cache("small-jetson-nano", small_weights, "jetson-nano")
     manifest = load_manifest(folder)
     library = folder / manifest.file_with_role("library")
-    cubins = [i for i in elf.embedded_cuda_images(library) if i.kind == "cubin"]
-    assert cubins and {i.arch for i in cubins} == {"sm_53"}  # parsed from the CUDA ELF header (e_flags)
-    kernels = elf.cubin_kernel_names(library, cubins[0])
-    assert any(k.startswith("fused_conv2d") for k in kernels) and len(kernels) >= 20
-    # the host code (outside the cubin) launches the very kernels that the cubin defines
+    ptx = [i for i in elf.embedded_cuda_images(library) if i.kind == "ptx"]
+    assert ptx and {i.arch for i in ptx} == {"sm_53"}       # read from the PTX's own .target line
+    isa = {i.isa for i in ptx}
+    assert len(isa) == 1 and tuple(map(int, isa.pop().split("."))) <= (6, 5)   # what a CUDA 10.2 driver JITs
+    kernels = [k for image in ptx for k in elf.ptx_kernel_names(library, image)]
+    assert any(k.startswith("fused_conv2d") for k in kernels) and len(kernels) >= 20   # launchable .entry kernels
+    # the host code (outside the PTX) launches the very kernels that the PTX defines
     if library.suffix == ".so":
         blobs = [library.read_bytes()]
     else:
         with tarfile.open(library) as archive:
             blobs = [archive.extractfile(m).read() for m in archive.getmembers()]
-    image = cubins[0]
-    blob = next(b for b in blobs if b[image.offset:image.offset + 4] == b"\x7fELF")
+    image = ptx[0]
+    blob = next(b for b in blobs if b[image.offset:image.offset + 8] == b".version")
     outside = blob[:image.offset] + blob[image.offset + image.size:]
     assert all(k.encode() in outside for k in kernels)
     code = manifest.target["device_code"]
-    assert code["format"] == "cubin" and code["arch"] == "sm_53" and code["compiler"].startswith("NVRTC 12")
-    assert manifest.compiler["cuda_compiler"].startswith("NVRTC 12")
+    assert code["format"] == "ptx" and code["arch"] == "sm_53" and code["ptx_isa"] == ptx[0].isa
+    assert code["compiler"].startswith("LLVM") and code["kernels"] == len(kernels)
+    assert tuple(map(int, code["min_cuda_driver"].split("."))) <= (10, 2)
+    assert manifest.compiler["cuda_compiler"] == code["compiler"]
 
 
 # -- folded pre-processing ---------------------------------------------------------------------------
@@ -208,7 +212,7 @@ def test_verify_passes_for_runnable_and_static_targets(export_cache, small_weigh
         else:
             assert "aarch64" in out and "needs the device" in out
         if target == "jetson-nano":
-            assert "sm_53 cubin" in out
+            assert "sm_53 PTX, ISA 4.2 (in the bytes)" in out
 
 
 def _copy(folder: Path, tmp_path: Path) -> Path:
@@ -281,8 +285,8 @@ def test_target_rows_carry_what_code_used_to_branch_on():
         assert "device_steps" not in row.to_manifest(library=None)   # README.txt text stays out of manifests
     by_name = {row.name: row for row in TARGETS}
     assert [name for name, row in by_name.items() if row.needs_ndk] == ["android-arm64"]
-    assert {name for name, row in by_name.items() if row.elf_machine == elf.EM_AARCH64} == {
-        "jetson-nano", "android-arm64", "raspberry-pi-4"}
+    assert {name for name, row in by_name.items() if row.elf_machine == elf.EM_AARCH64} >= {
+        "jetson-nano", "jetson-orin-nano", "android-arm64", "raspberry-pi-4"}
     assert by_name["host"].elf_machine is None and not by_name["onnx"].emulated
     assert all(row.device_steps for row in TARGETS if row.packager is None)
 

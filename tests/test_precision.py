@@ -230,7 +230,7 @@ def test_fp16_llvm_module_follows_float32_pytorch(small_artifact):
 
 
 @pytest.mark.slow
-def test_jetson_fp16_export_holds_sm53_cubin_and_records_numerics(small_weights, tmp_path):
+def test_jetson_fp16_export_holds_sm53_ptx_and_records_numerics(small_weights, tmp_path):
     from online_tsm.export.device import elf
     folder = export_artifact(small_weights, "jetson-nano", tmp_path / "nano-fp16", precision="fp16", progress=False)
     manifest = load_manifest(folder)
@@ -238,9 +238,10 @@ def test_jetson_fp16_export_holds_sm53_cubin_and_records_numerics(small_weights,
     check = manifest.model["fp16_check"]
     assert check["relative_max_diff"] <= 0.04 and check["top1_agreement"] == 1.0
     library = folder / manifest.file_with_role("library")
-    cubins = [i for i in elf.embedded_cuda_images(library) if i.kind == "cubin"]
-    assert cubins and {i.arch for i in cubins} == {"sm_53"}
+    ptx = [i for i in elf.embedded_cuda_images(library) if i.kind == "ptx"]
+    assert ptx and {i.arch for i in ptx} == {"sm_53"} and {i.isa for i in ptx} == {"4.2"}
     assert manifest.target["device_code"]["precision"] == "fp16"
+    assert manifest.verification["precision"] == "fp16" and "fp16" in manifest.verification["rules"]
     assert [s.name for s in manifest.inputs][0] == manifest.frame_input
     assert all(s.dtype == "float32" for s in manifest.inputs + manifest.outputs)
     assert "Precision: fp16 kernels with float32 accumulation" in (folder / "README.txt").read_text()
