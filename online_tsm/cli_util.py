@@ -13,8 +13,8 @@ import sys
 import threading
 from typing import Callable, Iterator, Sequence
 
-from online_tsm.errors import OnlineTSMError, UserError
-from online_tsm.messages import first_line, last_message_line
+from online_tsm.errors import OnlineTSMError
+from online_tsm.messages import first_line
 
 __all__ = ["add_debug_flag", "number_type", "port_number", "positive_float", "positive_int", "run_cli", "seconds"]
 

@@ -24,7 +24,7 @@ from online_tsm.models import MobileNetV2TSM
 from online_tsm.preprocess import preprocess_frame
 from online_tsm.training import cli as train_cli
 from online_tsm.training import data as data_mod
-from online_tsm.training.loop import few_clips_warning, run_folder
+from online_tsm.training.config import few_clips_warning, run_folder
 from online_tsm.weights import WeightsError, fetch_weights, sha256_file
 
 

@@ -99,7 +99,8 @@ def train_parser() -> argparse.ArgumentParser:
 
 def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from online_tsm.training import distributed
-    from online_tsm.training.loop import TrainConfig, log, train
+    from online_tsm.training.config import TrainConfig, log
+    from online_tsm.training.loop import train
 
     world = distributed.setup()  # under torchrun: join the process group; else one process
 
@@ -148,7 +149,8 @@ def eval_parser() -> argparse.ArgumentParser:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from online_tsm.training.loop import TrainConfig, evaluate_checkpoint
+    from online_tsm.training.config import TrainConfig
+    from online_tsm.training.report import evaluate_checkpoint
 
     cfg = TrainConfig(data=args.data, data_format=args.data_format, segments=args.segments or 0,
                       batch_size=args.batch_size, seed=args.seed, threads=args.threads, workers=args.workers,
