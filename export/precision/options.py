@@ -22,7 +22,6 @@ from online_tsm.manifest import Manifest, write_manifest
 from online_tsm.export.formats.onnx import ExportError, stream_onnxruntime
 from online_tsm.export.precision.quantize import (ACTIVATIONS, DRIFT_FRAMES, PERCENTILE, WEIGHTS, measure_agreement,
                                         quantize_int8, record_feeds, verification_check)
-from online_tsm.export.targets import ExportTarget
 
 HELD_OUT_CLIPS = 64   # one disagreeing clip moves the last-frame agreement by 1.6 %
 

@@ -38,7 +38,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -367,7 +367,8 @@ def compile_cuda(onnx_path: Path, manifest: Manifest, row: ExportTarget, out_dir
     request = {"onnx": str(onnx_path), "inputs": input_specs(manifest), "output": str(path),
                "target": resolve_tvm_target(row), "host": row.tvm_host, "linker": linker if suffix == ".so" else None,
                "report": str(report), "precision": precision}
-    progress(f"compiling CUDA kernels for {row.name} ({row.tvm_target.get('arch')}) in a worker process")
+    arch = row.tvm_target.get("arch") or row.tvm_target.get("mcpu")
+    progress(f"compiling CUDA kernels for {row.name} ({arch}, {row.tvm_target['kind']}) in a worker process")
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "online_tsm.export.tvm.cuda_build", json.dumps(request)],
                           capture_output=True, text=True, timeout=3600)
