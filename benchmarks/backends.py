@@ -115,7 +115,8 @@ def tuning_fingerprint(target: str) -> str | None:
     row = get_target(target)
     if row.kind == "onnx":
         return None
-    from online_tsm.export.tvm.build import resolve_tvm_target, tuning_dir
+    from online_tsm.export.tvm.build import resolve_tvm_target
+    from online_tsm.export.tvm.tuning import tuning_dir
 
     digest = hashlib.sha256()
     found = False

@@ -361,10 +361,11 @@ def test_default_schedules_can_be_asked_for_when_tuning_records_exist(export_cac
                                                                      monkeypatch):
     """tsm-bench's untuned tvm row: the build must not read this CPU's --tune records even when they exist."""
     from online_tsm.export.tvm import build as export_tvm
+    from online_tsm.export.tvm import tuning
     artifact = export_cache("small-host", small_weights, "host")
     manifest = load_manifest(artifact)
     opened = []
-    monkeypatch.setattr(export_tvm, "_open_database",
+    monkeypatch.setattr(tuning, "open_database",
                         lambda row, target: opened.append(row.name) or (None, ["/records/for/this/cpu"]))
     row = get_target("host")
     (tmp_path / "tuned").mkdir()
@@ -385,8 +386,9 @@ def test_a_tuned_host_build_ships_only_if_it_is_faster_than_the_default_schedule
     from tvm.s_tir import meta_schedule as ms
 
     from online_tsm.export.tvm import build as export_tvm
+    from online_tsm.export.tvm import tuning
     artifact = export_cache("small-host", small_weights, "host")
-    monkeypatch.setattr(export_tvm, "_open_database",
+    monkeypatch.setattr(tuning, "open_database",
                         lambda row, target: (ms.database.MemoryDatabase(), ["/records/for/this/cpu"]))
     timed = []
 
@@ -395,7 +397,7 @@ def test_a_tuned_host_build_ships_only_if_it_is_faster_than_the_default_schedule
         assert set(inputs) == {s.name for s in load_manifest(artifact).inputs}
         return {"tuned": tuned_ms, "default": 1.5}
 
-    monkeypatch.setattr(export_tvm, "time_executables", fake_timing)
+    monkeypatch.setattr(tuning, "time_executables", fake_timing)
     said: list[str] = []
     built = export_tvm.compile_cpu(artifact / "model.onnx", load_manifest(artifact), get_target("host"), tmp_path,
                                    progress=said.append)
@@ -418,13 +420,14 @@ def test_builds_are_timed_against_each_other_on_this_cpu(export_cache, small_wei
     import tvm
 
     from online_tsm.export.tvm import build as export_tvm
+    from online_tsm.export.tvm import tuning
     artifact = export_cache("small-host", small_weights, "host")
     manifest = load_manifest(artifact)
     row = get_target("host")
     target = export_tvm.tvm_target_object(row)
     mod = export_tvm.relax_from_onnx(artifact / "model.onnx", export_tvm.input_specs(manifest))
     executable = tvm.compile(mod, target, relax_pipeline=export_tvm.cpu_pipeline(target))
-    ms_per_frame = export_tvm.time_executables({"a": executable, "b": executable}, export_tvm.input_specs(manifest))
+    ms_per_frame = tuning.time_executables({"a": executable, "b": executable}, export_tvm.input_specs(manifest))
     assert set(ms_per_frame) == {"a", "b"} and all(v > 0 for v in ms_per_frame.values())
 
 
@@ -512,11 +515,12 @@ def test_a_second_tuning_run_on_the_same_records_waits_for_the_first(export_cach
     from tvm.s_tir.meta_schedule import relax_integration
 
     from online_tsm.export.tvm import build as export_tvm
+    from online_tsm.export.tvm import tuning
     from online_tsm.fileio import file_lock
 
     artifact = export_cache("small-host", small_weights, "host")
     row = get_target("host")
-    monkeypatch.setattr(export_tvm, "tuning_dir", lambda row, target: tmp_path / "records")
+    monkeypatch.setattr(tuning, "tuning_dir", lambda row, target: tmp_path / "records")
     events: list[str] = []
     monkeypatch.setattr(relax_integration, "tune_relax", lambda *args, **kwargs: events.append("tuned"))
     holding, release = threading.Event(), threading.Event()
@@ -539,7 +543,7 @@ def test_a_second_tuning_run_on_the_same_records_waits_for_the_first(export_cach
             release.set()
 
     mod = export_tvm.relax_from_onnx(artifact / "model.onnx", export_tvm.input_specs(load_manifest(artifact)))
-    export_tvm.tune_cpu(mod, row, export_tvm.tvm_target_object(row), 1, progress)
+    tuning.tune_cpu(mod, row, export_tvm.tvm_target_object(row), 1, progress)
     holder.join(30)
     assert events == ["first run done", "tuned"]
     assert any(line == f"waiting for another tuning run that writes to {tmp_path / 'records'}" for line in said)

@@ -13,9 +13,10 @@ How to load and run an exported library (the runtimes do exactly this)::
     state = {b.input: tvm.runtime.tensor(np.zeros(b.shape, b.dtype), dev) for b in manifest.buffers}
     for frame in frames:                 # float32 [1, 3, S, S] (uint8 HWC if manifest.preprocess["folded"])
         feeds = {manifest.frame_input: tvm.runtime.tensor(frame, dev), **state}
-        outputs = vm["main"](*[feeds[s.name] for s in manifest.inputs])   # inputs in manifest order
-        logits = outputs[0].numpy()      # outputs: a tuple in manifest.outputs order
-        state = {b.input: outputs[i + 1] for i, b in enumerate(manifest.buffers)}
+        results = vm["main"](*[feeds[s.name] for s in manifest.inputs])   # inputs in manifest order
+        outputs = dict(zip((s.name for s in manifest.outputs), results))  # named as the manifest names them
+        logits = outputs[manifest.logits_output].numpy()
+        state = {b.input: outputs[b.output] for b in manifest.buffers}
 
 The function is always called ``"main"``; buffers stay on the device between
 frames (no numpy round trip).  A ``.tar`` library is a set of object files:
@@ -24,9 +25,8 @@ with ``tvm.runtime.load_module`` on a machine that has a compiler.
 
 Pipelines: CPU targets go through the NHWC layout with 1x1 weights packed in
 vector-wide panels, fusion, and the default schedules of
-:mod:`online_tsm.export.tvm.cpu_schedules` (plus MetaSchedule records when tuned:
-records are kept per target row and CPU model, so a machine with another CPU
-finds none and uses the default schedules); CUDA targets through TVM's GPU pipeline (fusion + dlight default
+:mod:`online_tsm.export.tvm.cpu_schedules` (plus MetaSchedule records when tuned,
+:mod:`online_tsm.export.tvm.tuning`); CUDA targets through TVM's GPU pipeline (fusion + dlight default
 GPU rules), compiled in a worker process (:mod:`online_tsm.export.tvm.cuda_build`).
 """
 from __future__ import annotations
@@ -152,62 +152,6 @@ def cpu_graph_rewrites(mod, target):  # noqa: ANN001, ANN201 -- TVM objects
     return pack_pointwise_weights(to_channels_last(mod), vector_lanes(target))
 
 
-def tuning_dir(row: ExportTarget, target_dict: dict[str, Any]) -> Path:
-    """The MetaSchedule record folder for this target and CPU model (in the user's cache; none ship)."""
-    from online_tsm.weights import cache_dir
-
-    return cache_dir() / "tuning" / f"{row.name}-{target_dict.get('mcpu', 'generic')}"
-
-
-def _open_database(row: ExportTarget, target_dict: dict[str, Any]):  # noqa: ANN202
-    from tvm.s_tir import meta_schedule as ms
-
-    folder = tuning_dir(row, target_dict)
-    if not (folder / "database_tuning_record.json").is_file():
-        return None, []
-    return ms.database.JSONDatabase(work_dir=str(folder), allow_missing=False), [str(folder)]
-
-
-def tune_cpu(mod, row: ExportTarget, target, trials_per_task: int, progress: Say) -> Path:  # noqa: ANN001
-    """MetaSchedule-tune every fused function here (``trials_per_task`` each); records go to the cache."""
-    import tvm
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
-
-    if row.cross:
-        raise UserError(f"--tune measures candidates on this machine, so it only works for the host target "
-                        f"(not {row.name}); tune on the device itself or use the default schedules")
-    cache = tuning_dir(row, resolve_tvm_target(row))
-    cache.mkdir(parents=True, exist_ok=True)
-    with target:
-        fused = tvm.transform.Sequential(cpu.library_dispatch_passes(target) + cpu.legalize_passes(target))(
-            cpu_graph_rewrites(mod, target))
-    n_tasks = sum(1 for _, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
-    progress(f"tuning {n_tasks} functions x {trials_per_task} trials with MetaSchedule (records in {cache})")
-    # MetaSchedule appends to the record files of its work folder, and the records point into its workload
-    # file by line number: two tuning runs at once would interleave both.  One at a time (and two tuning runs
-    # on one CPU would disturb each other's measurements anyway).
-    from online_tsm.fileio import file_lock
-
-    def waiting() -> None:
-        progress(f"waiting for another tuning run that writes to {cache}")
-
-    from tvm.s_tir import meta_schedule as ms
-
-    from online_tsm.export.tvm.tuning_builder import candidate_builder, cost_model_name
-    from online_tsm.export.tvm.tuning_progress import tuning_progress
-
-    total = trials_per_task * n_tasks
-    cost_model = cost_model_name()
-    if cost_model != "xgb":
-        progress("xgboost is not installed, so candidates are picked at random instead of by MetaSchedule's "
-                 "cost model; pip install 'online-tsm[tune]' for a better search in the same trials")
-    with file_lock(cache / ".tune.lock", waiting), target, tuning_progress(cache, total, progress):
-        ms.relax_integration.tune_relax(fused, {}, target, str(cache), max_trials_global=total,
-                                        max_trials_per_task=trials_per_task, builder=candidate_builder(),
-                                        cost_model=cost_model)
-    return cache
-
-
 def _export(executable, path: Path, row: ExportTarget, linker: str | None) -> None:  # noqa: ANN001
     from tvm.support import cc, ndk
 
@@ -237,9 +181,11 @@ def compile_cpu(onnx_path: Path, manifest: Manifest, row: ExportTarget, out_dir:
     mod = relax_from_onnx(onnx_path, input_specs(manifest))
     notes: list[str] = []
     tuning: dict[str, Any] = {"trials_per_task": tune}
+    from online_tsm.export.tvm.tuning import faster_of_tuned_and_default, open_database, tune_cpu
+
     if tune > 0:
         tune_cpu(mod, row, target, tune, progress)
-    database, used = _open_database(row, target_dict) if tuning_records else (None, [])
+    database, used = open_database(row, target_dict) if tuning_records else (None, [])
     tuning["record_databases"] = used
     if not tuning_records:
         tuning["records"] = "not used (default schedules asked for)"
@@ -247,7 +193,7 @@ def compile_cpu(onnx_path: Path, manifest: Manifest, row: ExportTarget, out_dir:
              f"{', with tuning records' if used else ', default schedules'})")
     executable = tvm.compile(mod, target, relax_pipeline=cpu_pipeline(target, database))
     if database is not None and not row.cross:
-        executable = _faster_of_tuned_and_default(executable, mod, target, manifest, tuning, progress)
+        executable = faster_of_tuned_and_default(executable, mod, target, manifest, tuning, progress)
     progress(f"compiled in {time.perf_counter() - start:.1f} s; {'linking' if suffix == '.so' else 'archiving'}")
     path = out_dir / f"model{suffix}"
     try:
@@ -258,75 +204,6 @@ def compile_cpu(onnx_path: Path, manifest: Manifest, row: ExportTarget, out_dir:
         notes.append(_tar_note(row))
     return CompiledLibrary(path.name, target_dict, row.tvm_host, linker if suffix == ".so" else None,
                            tuning=tuning, notes=notes)
-
-
-TIMING_ROUNDS = 6        # rounds, in rotating order, when a tuned build is timed against the default schedules
-FRAMES_PER_ROUND = 10
-
-
-def _faster_of_tuned_and_default(tuned, mod, target, manifest: Manifest, tuning: dict[str, Any],  # noqa: ANN001
-                                 progress: Say):  # noqa: ANN202
-    """The tuned build, unless the default schedules run faster here; ``tuning`` says which and by how much.
-
-    Tuning records hold the best candidate MetaSchedule *measured*, not the
-    best schedule there is: a short search (``--tune 2``) can leave a
-    function slower than the hand-written default schedule it replaces (the
-    default model ran 2.4x slower with 2 trials per function).  So a host
-    build with records is timed against one without, on this CPU, and the
-    faster one ships.
-    """
-    import tvm
-
-    progress("timing the tuned build against the default schedules on this CPU")
-    default = tvm.compile(mod, target, relax_pipeline=cpu_pipeline(target, None))
-    ms_per_frame = time_executables({"tuned": tuned, "default": default}, input_specs(manifest))
-    tuning["ms_per_frame_here"] = ms_per_frame
-    winner = "tuned" if ms_per_frame["tuned"] <= ms_per_frame["default"] else "default"
-    tuning["schedules"] = winner
-    comparison = (f"{ms_per_frame['tuned']:.2f} ms/frame tuned vs {ms_per_frame['default']:.2f} ms with the default "
-                  "schedules, timed here")
-    if winner == "default":
-        tuning["records"] = (f"not used: slower than the default schedules ({comparison}); more --tune trials may "
-                             "find faster ones")
-    progress(f"{winner} schedules kept: {comparison}")
-    return tuned if winner == "tuned" else default
-
-
-def time_executables(executables: dict[str, Any], inputs: dict[str, tuple[list[int], str]]) -> dict[str, float]:
-    """Median ms per frame of each compiled Relax executable on this CPU, timed in interleaved rounds.
-
-    The inputs are zeros (a convolution network's time does not depend on
-    the values); the rounds rotate their order (:mod:`online_tsm.interleave`)
-    so a busy moment of the machine hits every build alike.  Each build is timed from a linked copy,
-    as the runtime loads it: a virtual machine made on the in-memory
-    executable itself changes what it later writes (TVM then warns for
-    every function on saving and loading).
-    """
-    import tempfile
-
-    import tvm
-
-    from online_tsm.interleave import interleaved_samples
-    from online_tsm.runtimes.tvm_backend import ENTRY, config_threadpool_keeping_affinity, default_threads
-
-    config_threadpool_keeping_affinity(tvm, default_threads())
-    device = tvm.cpu()
-    machines = {}
-    with tempfile.TemporaryDirectory(prefix="online-tsm-timing-") as tmp:
-        for name, executable in executables.items():
-            path = Path(tmp) / f"{name}.so"
-            executable.export_library(str(path))
-            vm = tvm.relax.VirtualMachine(tvm.runtime.load_module(str(path)), device)
-            vm.set_input(ENTRY, *(tvm.runtime.tensor(np.zeros(shape, dtype), device)
-                                  for shape, dtype in inputs.values()))
-            vm.time_evaluator("invoke_stateful", device, number=3, repeat=1)(ENTRY)   # warm-up
-            machines[name] = vm
-        timers = {name: vm.time_evaluator("invoke_stateful", device, number=FRAMES_PER_ROUND, repeat=1)
-                  for name, vm in machines.items()}
-        samples = interleaved_samples({name: (lambda timer=timer: timer(ENTRY).mean * 1e3)
-                                       for name, timer in timers.items()},
-                                      lambda turn: 1 if turn < TIMING_ROUNDS else 0)
-    return {name: round(float(np.median(values)), 3) for name, values in samples.items()}
 
 
 def _choose_suffix(row: ExportTarget, linker: str | None, library: str) -> str:
