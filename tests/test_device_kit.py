@@ -98,9 +98,11 @@ def test_which_artifacts_get_a_script(target, library, expected):
     assert device_kit.script_name(get_target(target), library) == expected
 
 
-def test_template_is_python_3_8_and_imports_only_the_standard_library():
+def test_template_is_python_3_6_and_imports_only_the_standard_library():
+    """JetPack 4.6 (the Jetson Nano's last) has Python 3.6; tests/test_device_python36.py runs it there."""
     source = Path(template.__file__).read_text()
-    tree = ast.parse(source, feature_version=(3, 8))
+    tree = ast.parse(source, feature_version=(3, 6))
+    assert not any(isinstance(node, ast.ImportFrom) and node.module == "__future__" for node in tree.body)
     top_level = set()
     for node in tree.body:
         if isinstance(node, ast.Import):
@@ -190,7 +192,7 @@ def test_run_py_verifies_and_times_with_numpy_and_tvm_only(host_result, host):
     assert artifact["target"]["name"] == "host" and artifact["model"]["width_mult"] == 0.5
     assert "labels" not in artifact["model"]
     assert data["settings"] == {"engine": "tvm", "device": "cpu", "frames": 20, "warmup": 2,
-                                "threads": machine["physical_cores"], "fp16": False}
+                                "threads": machine["physical_cores"], "fp16": False, "precision": "fp32"}
 
 
 def test_corrupted_library_is_refused_before_loading(host, tmp_path):

@@ -19,6 +19,7 @@ from online_tsm.export.targets import ExportTarget
 TEMPLATE = Path(__file__).with_name("run_template.py")
 RUN_SCRIPT = "run.py"           # artifacts with a TVM library
 RUN_ONNX_SCRIPT = "run_onnx.py"  # the onnx artifact (ONNX Runtime or TensorRT)
+RUN_LITERT_SCRIPT = "run_litert.py"  # the LiteRT artifact (model.tflite)
 SCRIPT_ROLE = "script"
 
 
@@ -30,17 +31,29 @@ def script_name(row: ExportTarget, library: str | None) -> str | None:
     """
     if row.kind == "onnx":
         return RUN_ONNX_SCRIPT
+    if row.kind == "litert":
+        return RUN_LITERT_SCRIPT
     if library and (library.endswith(".so") or row.library_glibc):
         return RUN_SCRIPT
     return None
 
 
+def script_names(row: ExportTarget, library: str | None) -> list[str]:
+    """Every script the artifact carries: :func:`script_name`, and ``run_onnx.py`` too where ``model.onnx`` is made
+    for the device's own runtime (``onnx_profile``: a Jetson's TensorRT), to run it without the library."""
+    name = script_name(row, library)
+    names = [name] if name else []
+    if row.onnx_profile and RUN_ONNX_SCRIPT not in names:
+        names.append(RUN_ONNX_SCRIPT)
+    return names
+
+
 def add_device_kit(out: Path, manifest: Manifest, row: ExportTarget) -> dict[str, str]:
-    """Copy the script into ``out``; return ``{file: role}``."""
-    name = script_name(row, manifest.target.get("library"))
-    if name is None:
-        return {}
-    # ``out`` is the export's staging folder, published as a whole: the copy needs no atomic rename of its own
-    shutil.copyfile(TEMPLATE, out / name)
-    os.chmod(out / name, 0o755)
-    return {name: SCRIPT_ROLE}
+    """Copy the scripts into ``out``; return ``{file: role}``."""
+    roles = {}
+    for name in script_names(row, manifest.target.get("library")):
+        # ``out`` is the export's staging folder, published as a whole: the copy needs no atomic rename of its own
+        shutil.copyfile(TEMPLATE, out / name)
+        os.chmod(out / name, 0o755)
+        roles[name] = SCRIPT_ROLE
+    return roles

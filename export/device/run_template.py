@@ -28,11 +28,14 @@ What it does, in this order, and why:
 Any failure is one line on stderr and a non-zero exit status.  Under a CPU
 emulator (qemu) it refuses to time: such numbers say nothing about a device.
 
-This file is a template shipped by online-tsm (``online_tsm/export/device_run.py``);
-it must run on Python >= 3.8 and import nothing outside the standard library
-but numpy and the chosen runtime.
+This file is a template shipped by online-tsm (``online_tsm/export/device/run_template.py``);
+it must run on Python >= 3.6 with numpy >= 1.13 -- a Jetson Nano's last JetPack
+(4.6: Python 3.6.9, apt's numpy 1.13.3, TensorRT 8.2 with Python 3.6 bindings
+only) -- and import nothing outside the standard library but numpy and the
+chosen runtime.  So: no postponed annotations, dataclasses, walrus, or numpy
+keywords newer than 1.13 (``max(initial=...)``); tests/test_device_python36.py
+runs it under Python 3.6.
 """
-from __future__ import annotations
 
 import argparse
 import ctypes
@@ -51,18 +54,14 @@ SCHEMA = "online-tsm-device-run/1"
 MANIFEST_NAME = "manifest.json"
 ARTIFACT_FORMAT = "online-tsm-artifact"
 ARTIFACT_VERSION = 1
-#: The tolerance rule of ``tsm-export verify`` (online_tsm.export.reference) and of the emulated check
-#: (online_tsm.export.device.emulate), used only when an older manifest does not carry it (target.verification).
+#: online_tsm.verification's float32 rule, used only for a manifest that carries no rule at all (the oldest).
 DEFAULT_RULE = {"absolute": 1e-4, "relative": 1e-5, "relative_other_machine": 1e-4}
-#: TensorRT --fp16 computes in half precision: ~1e-3 relative per operation, compounded over the network and
-#: the carried buffers.  Looser than the float32 rule on purpose, and reported as such.
-FP16_RULE = {"absolute": 5e-2, "relative": 5e-2}
 #: A copy of online_tsm.elf's names (this file runs without online-tsm); tests/test_device_kit.py keeps them equal.
 ELF_MACHINES = {3: "x86", 8: "mips", 20: "ppc", 21: "ppc64", 40: "arm", 62: "x86_64", 183: "aarch64", 190: "cuda",
                 243: "riscv64"}
 MACHINE_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "i386": "x86", "i686": "x86",
                    "armv7l": "arm", "armv6l": "arm", "armv8l": "arm"}
-ENGINES = ("tvm", "onnxruntime", "tensorrt")
+ENGINES = ("tvm", "onnxruntime", "tensorrt", "litert")
 
 
 class RunError(Exception):
@@ -183,22 +182,40 @@ def verification_rule(manifest, precision=None):
         or "fp32"
     rule = (verification.get("rules") or {}).get(precision)
     if rule is None and precision == "fp32":
-        rule = (manifest.get("target") or {}).get("verification")
+        rule = (manifest.get("target") or {}).get("verification") or DEFAULT_RULE
     if not rule:
         raise RunError("manifest", "manifest.json has no {} verification rule: re-export the artifact with a "
                                    "current online-tsm".format(precision))
     return precision, rule
 
 
-def tolerance_rule(manifest, same_machine, fp16=False):
+def run_precision(manifest, engine_name, fp16=False):
+    """What this run computes in: the library is the artifact's precision (fp16 kernels, say); model.onnx is
+    float32 unless the artifact is int8 (a QDQ graph); a TensorRT ``--fp16`` engine computes in fp16."""
+    precision = (manifest.get("verification") or {}).get("precision") or (manifest.get("model") or {}).get(
+        "precision") or "fp32"
+    if engine_name == "tensorrt" and fp16:
+        return "fp16"
+    if engine_name in ("tvm", "litert") or precision == "int8":
+        return precision
+    return "fp32"
+
+
+def tolerance_rule(manifest, same_machine, fp16=False, precision=None):
     """``(absolute, relative, min_top1_agreement, why)``: max abs diff allowed is
-    ``max(absolute, relative x max |reference|)``; TensorRT ``--fp16`` is judged by the fp16 rule."""
-    precision, rule = verification_rule(manifest, "fp16" if fp16 else None)
+    ``max(absolute, relative x max |reference|)``, by the rule of ``precision`` (:func:`run_precision`; the
+    artifact's own by default); TensorRT ``--fp16`` is judged by the fp16 rule."""
+    precision, rule = verification_rule(manifest, precision or ("fp16" if fp16 else None))
     relative = rule["relative"] if same_machine else rule.get("relative_other_machine", rule["relative"])
     where = ("same CPU architecture as the export's reference" if same_machine else
              "another architecture or a GPU than the export's reference: sums run in another order")
     return rule["absolute"], relative, rule.get("min_top1_agreement"), "the manifest's {} rule, {}".format(
         precision, where)
+
+
+def _abs_max(np, array):
+    """max |array|, 0 for an empty one (numpy 1.13 has no ``max(initial=...)``)."""
+    return float(np.abs(array).max()) if array.size else 0.0
 
 
 def verify(np, engine, manifest, reference, n_frames, rule):
@@ -209,10 +226,10 @@ def verify(np, engine, manifest, reference, n_frames, rule):
     if logits.shape != expected.shape:
         diff, agreement = float("inf"), 0.0
     else:
-        diff = float(np.abs(logits.astype(np.float64) - expected.astype(np.float64)).max(initial=0.0))
+        diff = _abs_max(np, logits.astype(np.float64) - expected.astype(np.float64))
         diff = diff if np.isfinite(diff) else float("inf")
         agreement = float(np.mean(logits.argmax(-1) == expected.argmax(-1)))
-    largest = float(np.abs(expected).max(initial=0.0))
+    largest = _abs_max(np, expected)
     absolute, relative, min_top1, why = rule
     tolerance = max(absolute, relative * largest)
     passed = bool(diff <= tolerance) and (min_top1 is None or agreement >= min_top1)
@@ -351,6 +368,78 @@ class OnnxRuntimeEngine:
         return results[0][0], {b["input"]: r for b, r in zip(self.manifest["buffers"], results[1:])}
 
 
+class LiteRtEngine:
+    """``model.tflite`` in LiteRT's interpreter (XNNPACK on the CPU); buffers carried as numpy arrays by the
+    manifest's names through the model's one signature (never by position: LiteRT sorts names as strings)."""
+
+    name = "litert"
+
+    def __init__(self, np, manifest: dict, tflite_path: str, threads) -> None:
+        _need("ai_edge_litert", "pip install ai-edge-litert (Python >= 3.10, x86-64 or aarch64 Linux, macOS)")
+        from ai_edge_litert.interpreter import Interpreter
+        import ai_edge_litert
+
+        self.np, self.manifest = np, manifest
+        signature = ((manifest.get("model") or {}).get("litert") or {}).get("signature", "serving_default")
+        try:
+            interpreter = Interpreter(model_path=tflite_path, num_threads=int(threads))
+            self.runner = interpreter.get_signature_runner(signature)
+        except Exception as exc:  # noqa: BLE001
+            raise RunError("load", "LiteRT could not load {}: {}".format(os.path.basename(tflite_path),
+                                                                           _first_line(exc))) from None
+        have = sorted(self.runner.get_input_details())
+        want = sorted(s["name"] for s in manifest["inputs"])
+        if have != want:
+            raise RunError("load", "{} takes {}, manifest.json says {}: re-export the folder".format(
+                os.path.basename(tflite_path), ", ".join(have), ", ".join(want)))
+        self.description = "LiteRT {} XNNPACK CPU, signature {}, {} threads, numpy buffers".format(
+            getattr(ai_edge_litert, "__version__", "?"), signature, threads)
+
+    def new_stream(self) -> _Stream:
+        return _Stream(self, {b["input"]: self.np.zeros(b["shape"], b["dtype"]) for b in self.manifest["buffers"]})
+
+    def run(self, frame, state):
+        feeds = dict(state)
+        feeds[self.manifest["frame_input"]] = self.np.ascontiguousarray(frame[None])
+        out = self.runner(**feeds)
+        return out[self.manifest["logits_output"]][0], {b["input"]: out[b["output"]] for b in self.manifest["buffers"]}
+
+
+def _version_key(text) -> tuple:
+    return tuple(int(part) for part in str(text).split("."))
+
+
+def cuda_driver_version():
+    """The CUDA version the driver library reports (``"10.2"``), or None where none loads."""
+    for name in ("libcuda.so.1", "libcuda.so"):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        version = ctypes.c_int(0)
+        if lib.cuDriverGetVersion(ctypes.byref(version)) == 0 and version.value > 0:
+            return "{}.{}".format(version.value // 1000, version.value % 1000 // 10)
+    return None
+
+
+def check_cuda_driver(target: dict):
+    """Refuse, in one line, a driver older than the oldest that loads the library's kernels.
+
+    ``target.device_code.min_cuda_driver`` is written at export from the kernels themselves (a PTX ISA a driver
+    must know to JIT-compile it; a cubin's CUDA major version).  Returns the driver's version, or None when no
+    driver library loads (TVM then reports the missing GPU itself).
+    """
+    code = target.get("device_code") or {}
+    need, have = code.get("min_cuda_driver"), cuda_driver_version()
+    if need and have and _version_key(have) < _version_key(need):
+        isa = ", PTX ISA {}".format(code["ptx_isa"]) if code.get("ptx_isa") else ""
+        raise RunError("cuda", "this CUDA driver reports CUDA {}, older than the {} the library's kernels need ({} {}"
+                               "{}, {}): update the driver, or run model.onnx with --tensorrt, which builds its engine "
+                               "on this device".format(have, need, code.get("arch", "?"), code.get("format", "?"),
+                                                       isa, code.get("compiler", "?")))
+    return have
+
+
 class _CudaRuntime:
     """The few CUDA runtime calls TensorRT needs for its buffers, through ctypes (no pycuda needed)."""
 
@@ -372,6 +461,8 @@ class _CudaRuntime:
         self.lib.cudaMemcpy.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         self.lib.cudaMemset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
         self.lib.cudaFree.argtypes = [ctypes.c_void_p]
+        self.lib.cudaStreamCreate.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
+        self.lib.cudaStreamSynchronize.argtypes = [ctypes.c_void_p]
 
     def _check(self, code: int, what: str) -> None:
         if code != 0:
@@ -389,11 +480,25 @@ class _CudaRuntime:
     def to_host(self, array, src: int) -> None:
         self._check(self.lib.cudaMemcpy(array.ctypes.data, src, array.nbytes, 2), "cudaMemcpy (to host)")
 
+    def stream(self) -> int:
+        handle = ctypes.c_void_p()
+        self._check(self.lib.cudaStreamCreate(ctypes.byref(handle)), "cudaStreamCreate")
+        return int(handle.value or 0)
+
+    def synchronize(self, stream: int) -> None:
+        self._check(self.lib.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+
 
 class TensorRtEngine:
-    """A TensorRT engine built from ``model.onnx`` on this device (cached), buffers ping-ponged on the GPU."""
+    """A TensorRT engine built from ``model.onnx`` on this device (cached), buffers ping-ponged on the GPU.
+
+    Two Python APIs, chosen by what the ``tensorrt`` module has: TensorRT 8.2 (JetPack 4.6: binding indices,
+    ``execute_v2``, ``max_workspace_size``) and 8.5+/10.x (named tensor addresses, ``execute_async_v3`` on a
+    stream, memory pool limits).  The two only differ in how an engine is built and called.
+    """
 
     name = "tensorrt"
+    WORKSPACE = 1 << 28     # 256 MiB of scratch for the builder: enough for this network, small for a Nano
 
     def __init__(self, np, manifest: dict, onnx_path: str, fp16: bool, say) -> None:
         trt = _need("tensorrt", "TensorRT's Python bindings ship with JetPack (apt install python3-libnvinfer); "
@@ -403,10 +508,15 @@ class TensorRtEngine:
         plan = self._engine_bytes(trt, logger, onnx_path, fp16, say)
         self.engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
         if self.engine is None:
-            raise RunError("load", f"TensorRT could not deserialize the cached engine {self.plan_path}; delete it")
+            raise RunError("load", "TensorRT could not deserialize the cached engine {}; delete it".format(
+                self.plan_path))
         self.context = self.engine.create_execution_context()
-        self.v3 = hasattr(self.context, "set_tensor_address")
+        self.v3 = hasattr(self.context, "set_tensor_address") and hasattr(self.context, "execute_async_v3")
         specs = {s["name"]: s for s in manifest["inputs"] + manifest["outputs"]}
+        names = self._engine_names()
+        if set(names) != set(specs):
+            raise RunError("load", "the TensorRT engine's tensors ({}) are not manifest.json's ({})".format(
+                ", ".join(sorted(names)), ", ".join(sorted(specs))))
         self.pointers = {}
         for name, spec in specs.items():
             nbytes = int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize
@@ -415,42 +525,53 @@ class TensorRtEngine:
         self.spare = {b["input"]: self.cuda.malloc(int(np.prod(b["shape"])) * np.dtype(b["dtype"]).itemsize)
                       for b in manifest["buffers"]}
         self.logits = np.zeros(specs[manifest["logits_output"]]["shape"], specs[manifest["logits_output"]]["dtype"])
-        self.description = (f"TensorRT {trt.__version__} {'fp16' if fp16 else 'fp32'} engine built on this device "
-                            f"(cached: {os.path.basename(self.plan_path)})")
+        self.stream = self.cuda.stream() if self.v3 else 0
+        api = "named tensors, execute_async_v3" if self.v3 else "bindings, execute_v2"
+        self.description = "TensorRT {} {} engine built on this device ({}; cached: {})".format(
+            trt.__version__, "fp16" if fp16 else "fp32", api, os.path.basename(self.plan_path))
+
+    def _engine_names(self) -> list:
+        if hasattr(self.engine, "num_io_tensors"):
+            return [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        return [self.engine.get_binding_name(i) for i in range(self.engine.num_bindings)]
 
     def _engine_bytes(self, trt, logger, onnx_path: str, fp16: bool, say) -> bytes:
         folder = os.path.join(os.path.dirname(onnx_path), "tensorrt-cache")
-        key = f"{sha256_of(onnx_path)[:16]}-trt{trt.__version__}-{'fp16' if fp16 else 'fp32'}.plan"
+        key = "{}-trt{}-{}.plan".format(sha256_of(onnx_path)[:16], trt.__version__, "fp16" if fp16 else "fp32")
         self.plan_path = os.path.join(folder, key)
         if os.path.isfile(self.plan_path):
             with open(self.plan_path, "rb") as fh:
                 return fh.read()
-        say(f"building a TensorRT {'fp16' if fp16 else 'fp32'} engine from {os.path.basename(onnx_path)} "
-            "(first run only; minutes on a Jetson Nano)")
+        say("building a TensorRT {} engine from {} (first run only; minutes on a Jetson Nano)".format(
+            "fp16" if fp16 else "fp32", os.path.basename(onnx_path)))
         builder = trt.Builder(logger)
+        major = int(str(trt.__version__).split(".")[0])
         flag = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
-        network = builder.create_network(0 if flag is None else 1 << int(flag))
+        # TensorRT 8 parses ONNX into explicit-batch networks only; 10 has no other kind and deprecates the flag.
+        network = builder.create_network(0 if flag is None or major >= 10 else 1 << int(flag))
         parser = trt.OnnxParser(network, logger)
         with open(onnx_path, "rb") as fh:
             if not parser.parse(fh.read()):
                 errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-                raise RunError("load", f"TensorRT could not parse {os.path.basename(onnx_path)}: {errors[:300]}")
+                raise RunError("load", "TensorRT could not parse {}: {}".format(os.path.basename(onnx_path),
+                                                                                errors[:300]))
         config = builder.create_builder_config()
-        if hasattr(config, "set_memory_pool_limit"):
-            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1 << 28)
-        else:
-            config.max_workspace_size = 1 << 28
+        if hasattr(config, "set_memory_pool_limit"):      # TensorRT 8.4 and later
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.WORKSPACE)
+        else:                                             # TensorRT 8.2 (JetPack 4.6)
+            config.max_workspace_size = self.WORKSPACE
         if fp16:
             config.set_flag(trt.BuilderFlag.FP16)
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
             raise RunError("load", "TensorRT could not build an engine from model.onnx (see its messages above)")
+        data = bytes(serialized)
         os.makedirs(folder, exist_ok=True)
         tmp = self.plan_path + ".tmp"
         with open(tmp, "wb") as fh:
-            fh.write(bytes(serialized))
+            fh.write(data)
         os.replace(tmp, self.plan_path)
-        return bytes(serialized)
+        return data
 
     def new_stream(self) -> _Stream:
         np = self.np
@@ -459,23 +580,25 @@ class TensorRtEngine:
             self.cuda.to_device(self.pointers[b["input"]], zeros)
         return _Stream(self, None)
 
+    def _address(self, name: str) -> int:
+        """Where tensor ``name`` lives this step: a buffer's output goes to the spare of its pair."""
+        out_of = next((b for b in self.manifest["buffers"] if b["output"] == name), None)
+        return self.spare[out_of["input"]] if out_of else self.pointers[name]
+
     def run(self, frame, state):
         m = self.manifest
         self.cuda.to_device(self.pointers[m["frame_input"]], self.np.ascontiguousarray(frame[None]))
         if self.v3:
-            for name, ptr in self.pointers.items():
-                self.context.set_tensor_address(name, ptr)
-            for b in m["buffers"]:
-                self.context.set_tensor_address(b["output"], self.spare[b["input"]])
-            self.context.execute_async_v3(0)
+            for name in self.pointers:
+                self.context.set_tensor_address(name, self._address(name))
+            if not self.context.execute_async_v3(self.stream):
+                raise RunError("run", "TensorRT's execute_async_v3 failed (see its messages above)")
+            self.cuda.synchronize(self.stream)
         else:
-            bindings = []
-            for i in range(self.engine.num_bindings):
-                name = self.engine.get_binding_name(i)
-                out_of = next((b for b in m["buffers"] if b["output"] == name), None)
-                bindings.append(self.spare[out_of["input"]] if out_of else self.pointers[name])
-            self.context.execute_v2(bindings)
-        self.cuda.to_host(self.logits, self.pointers[m["logits_output"]])   # synchronises the default stream
+            bindings = [self._address(self.engine.get_binding_name(i)) for i in range(self.engine.num_bindings)]
+            if not self.context.execute_v2(bindings):
+                raise RunError("run", "TensorRT's execute_v2 failed (see its messages above)")
+        self.cuda.to_host(self.logits, self.pointers[m["logits_output"]])
         for b in m["buffers"]:    # the outputs just written become the next frame's inputs
             self.pointers[b["input"]], self.spare[b["input"]] = self.spare[b["input"]], self.pointers[b["input"]]
         return self.logits[0].copy(), None
@@ -581,7 +704,7 @@ def physical_cores() -> int:
 def machine_description(engine, cores: int) -> dict:
     """The machine, as far as known: called before anything loads (a failed run still says where it ran)."""
     versions = {"python": platform.python_version()}
-    for module in ("numpy", "tvm", "onnxruntime", "tensorrt"):
+    for module in ("numpy", "tvm", "onnxruntime", "tensorrt", "ai_edge_litert"):
         if module in sys.modules:
             versions[module] = getattr(sys.modules[module], "__version__", "?")
     return {"cpu": cpu_model(), "device_model": _read_first(["/proc/device-tree/model", "/sys/firmware/devicetree/"
@@ -598,7 +721,7 @@ def build_parser(default_engine: str, default_device: str) -> argparse.ArgumentP
         description="Verify this online-tsm artifact against its PyTorch reference, then time it on this device. "
                     "Needs only numpy and the runtime of the engine.")
     parser.add_argument("--engine", choices=ENGINES, default=None,
-                        help=f"tvm: the compiled library; onnxruntime or tensorrt: model.onnx "
+                        help=f"tvm: the compiled library; onnxruntime or tensorrt: model.onnx; litert: model.tflite "
                              f"(default here: {default_engine})")
     parser.add_argument("--tensorrt", action="store_true", help="same as --engine tensorrt (builds and caches an "
                                                                 "engine from model.onnx on this device)")
@@ -627,11 +750,34 @@ def _write_json(path: str, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _defaults(manifest: dict) -> tuple:
+    """``(engine, device)`` when not told: the library with TVM; on a GPU board without TVM (a Jetson Nano as
+    JetPack ships it), TensorRT from model.onnx; ONNX Runtime for a folder without a library, and for
+    ``run_onnx.py`` (this file under the name that says it runs model.onnx)."""
     target = manifest.get("target") or {}
-    engine = "tvm" if file_with_role(manifest, "library") else "onnxruntime"
-    device = "cuda" if target.get("kind") == "cuda" and engine == "tvm" else "cpu"
-    return engine, device
+    onnx_only = os.path.basename(sys.argv[0] or "").startswith("run_onnx")
+    engine = "tvm" if file_with_role(manifest, "library") and not onnx_only else "onnxruntime"
+    if file_with_role(manifest, "tflite") and not file_with_role(manifest, "onnx"):
+        engine = "litert"
+    if engine == "tvm" and target.get("kind") == "cuda" and not _importable("tvm") and _importable("tensorrt"):
+        engine = "tensorrt"
+    return engine, _default_device(manifest, engine)
+
+
+def _default_device(manifest: dict, engine: str) -> str:
+    """TensorRT runs on the GPU; TVM where the library's kernels are; ONNX Runtime on the CPU unless told."""
+    if engine == "tensorrt" or engine == "tvm" and (manifest.get("target") or {}).get("kind") == "cuda":
+        return "cuda"
+    return "cpu"
 
 
 def run(argv, say) -> int:
@@ -668,7 +814,7 @@ def run(argv, say) -> int:
 def _run(args, folder: str, result: dict, say) -> int:
     manifest = read_manifest(folder)
     engine_name = "tensorrt" if args.tensorrt else (args.engine or _defaults(manifest)[0])
-    device = "cuda" if engine_name == "tensorrt" else (args.device or _defaults(manifest)[1])
+    device = "cuda" if engine_name == "tensorrt" else (args.device or _default_device(manifest, engine_name))
     if args.fp16 and engine_name != "tensorrt":
         raise RunError("arguments", "--fp16 needs --tensorrt (the other engines run the float32 model)")
     for flag, value, least in (("--frames", args.frames, 1), ("--warmup", args.warmup, 0),
@@ -707,6 +853,8 @@ def _run(args, folder: str, result: dict, say) -> int:
         raise RunError("arguments", f"--verify-frames must be between 1 and {reference.shape[0]} (the frames in "
                                     f"{reference_name}), got {n_verify}")
 
+    if engine_name == "tvm" and device == "cuda":
+        result["cuda_driver"] = check_cuda_driver(target)
     if engine_name == "tvm":
         library, note = library_path(folder, manifest, "gcc -shared -o model.so objs/*.o -lm after "
                                                        "mkdir objs && tar -xf model.tar -C objs (see README.txt)")
@@ -720,6 +868,14 @@ def _run(args, folder: str, result: dict, say) -> int:
         threads = args.threads or (cores if device == "cpu" else None)
         result["settings"]["threads"] = threads
         engine = TvmEngine(np, manifest, library, device, threads)
+    elif engine_name == "litert":
+        tflite_name = file_with_role(manifest, "tflite")
+        if tflite_name is None or device != "cpu":
+            raise RunError("library", "the litert engine runs model.tflite (role 'tflite') on the CPU; this "
+                                      "artifact has none" if tflite_name is None else "the litert engine runs on "
+                                      "the CPU here (--device cpu); its GPU delegate is timed with benchmark_model")
+        result["settings"]["threads"] = args.threads or cores
+        engine = LiteRtEngine(np, manifest, os.path.join(folder, tflite_name), args.threads or cores)
     else:
         onnx_name = file_with_role(manifest, "onnx")
         if onnx_name is None:
@@ -732,9 +888,12 @@ def _run(args, folder: str, result: dict, say) -> int:
     result["machine"] = machine_description(engine, cores)
     say(f"engine: {engine.description}")
 
-    same = device == "cpu" and host_arch() == MACHINE_ALIASES.get(str(target.get("machine", "")).lower(),
+    # LiteRT's kernels sum in another order than PyTorch's on any CPU: judged as another machine, as at export
+    same = device == "cpu" and engine_name != "litert" and host_arch() == MACHINE_ALIASES.get(str(target.get("machine", "")).lower(),
                                                                   str(target.get("machine", "")).lower())
-    check = verify(np, engine, manifest, reference, n_verify, tolerance_rule(manifest, same, args.fp16))
+    precision = run_precision(manifest, engine_name, args.fp16)
+    result["settings"]["precision"] = precision
+    check = verify(np, engine, manifest, reference, n_verify, tolerance_rule(manifest, same, precision=precision))
     result["verification"] = check
     say(f"verification: {check['frames']} frames streamed, {check['buffers']} shift buffers carried: max abs diff "
         f"{check['max_abs_diff']:.3e} vs PyTorch, tolerance {check['tolerance']:.3e} = {check['rule']} "
