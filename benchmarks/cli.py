@@ -12,7 +12,9 @@ from typing import Sequence
 
 from online_tsm.benchmarks.backends import BACKEND_PLANS
 from online_tsm.benchmarks.report import render_terminal, write_json, write_markdown, write_plot
-from online_tsm.benchmarks.suite import BenchConfig, BenchReport, run_benchmark
+from online_tsm.benchmarks.goals import report_dict
+from online_tsm.benchmarks.results import BenchConfig, BenchReport
+from online_tsm.benchmarks.suite import run_benchmark
 from online_tsm.cli_util import add_debug_flag, run_cli
 from online_tsm.errors import UserError
 
@@ -78,7 +80,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 def emit(report: BenchReport | dict, *, json_path: str | None = None, markdown_path: str | None = None,
          plot_path: str | None = None, out=None) -> dict:
     """Print the table and write the requested files; returns the report's dictionary."""
-    data = report if isinstance(report, dict) else report.to_dict()
+    data = report if isinstance(report, dict) else report_dict(report)
     out = out or sys.stdout
     out.write(render_terminal(data))
     for path, writer, what in ((json_path, write_json, "JSON"), (markdown_path, write_markdown, "Markdown"),
@@ -99,7 +101,7 @@ def _main(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
             emit(import_only_report(rows, command), json_path=args.json, markdown_path=args.markdown,
                  plot_path=args.plot)
             return 0
-        data = run_benchmark(cfg, command=command).to_dict()
+        data = report_dict(run_benchmark(cfg, command=command))
         data["imported"] = rows
         emit(data, json_path=args.json, markdown_path=args.markdown, plot_path=args.plot)
         return 0

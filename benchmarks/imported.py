@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from online_tsm.benchmarks.models import PAPER_INPUT_SIZE, PAPER_WIDTH
-from online_tsm.benchmarks.reference import PAPER_ROWS
+from online_tsm.benchmarks.paper import PAPER_ROWS
 from online_tsm.errors import UserError
 
 SCHEMA = "online-tsm-device-run/1"
@@ -140,7 +140,7 @@ def import_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
 
 def import_only_report(rows: list[dict[str, Any]], command: str) -> dict[str, Any]:
     """A report of device results and the paper's rows only (nothing measured here), in the report's schema."""
-    from online_tsm.benchmarks.suite import SCHEMA as REPORT_SCHEMA
+    from online_tsm.benchmarks.results import SCHEMA as REPORT_SCHEMA
 
     return {"schema": REPORT_SCHEMA, "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "command": command, "wall_s": 0.0, "machine": None, "model": None, "settings": None, "rows": [],

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from online_tsm.benchmarks.reference import BOUND_LABEL, PAPER_LABEL
+from online_tsm.benchmarks.paper import BOUND_LABEL, PAPER_LABEL
 
 STATUS_MARK = {"ok": "✅ ok", "skipped": "➖ skipped", "error": "❌ error"}
 MAIN_HEADERS = ["Backend", "Status", "Size (MB)", "p50 (ms)", "p99 (ms)", "FPS", "TSN p50 (ms)", "vs TSN", "Source"]

@@ -13,7 +13,6 @@ import contextlib
 import datetime as _dt
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -27,7 +26,8 @@ from online_tsm.benchmarks.backends import (BACKEND_PLANS, HOST_TVM_TARGET, ONNX
 from online_tsm.interleave import interleaved_samples
 from online_tsm.benchmarks.latency import Contestant, LatencyStats, cycle_frames, measure_interleaved, measure_stages
 from online_tsm.benchmarks.models import BenchModel, resolve_bench_model
-from online_tsm.benchmarks.reference import PAPER_ROWS, roofline_rows
+from online_tsm.benchmarks.results import BackendResult, BenchConfig, BenchReport
+from online_tsm.benchmarks.paper import PAPER_ROWS, roofline_rows
 from online_tsm.errors import UserError
 from online_tsm.messages import first_line
 from online_tsm.runtimes.base import Runtime
@@ -35,111 +35,7 @@ from online_tsm.runtimes.tvm_backend import default_threads as tvm_default_threa
 from online_tsm.smoothing import PredictionSmoother
 from online_tsm.synthetic import synthetic_frames
 
-SCHEMA = "online-tsm-bench/1"
 CAMERA_SHAPE = (480, 640)  # what a webcam delivers; pre-processing resizes and crops it
-
-
-@dataclass
-class BenchConfig:
-    weights: str | None = None          # None: the shipped default model; "paper": 224, width 1.0 (models.py)
-    input_size: int | None = None
-    backends: list[str] | None = None   # None: every backend that can run here (see backends.py)
-    frames: int = 100                   # timed frames per variant and backend
-    warmup: int = 10
-    threads: int | None = None
-    streams: int = 8                    # step_many over N streams; 0 or 1 turns it off
-    end_to_end: bool = True
-    rpc: str | None = None              # HOST:PORT of a TVM RPC server
-    target: str | None = None           # export target of the remote device
-    round_size: int = 10                # frames per interleaved round
-    seed: int = 0
-    cache_root: str | None = None
-    progress: bool = True
-    roofline: bool = True
-    profile: bool = False               # per-operator profile of TSM and TSN (ONNX Runtime's profiler)
-    head_to_head: bool = True           # all backends again, in the same interleaved rounds (head_to_head.py)
-
-    def check(self) -> None:
-        if self.frames < 1:
-            raise UserError(f"--frames must be at least 1, got {self.frames}")
-        if self.warmup < 0:
-            raise UserError(f"--warmup must be 0 or more, got {self.warmup}")
-        if self.threads is not None and self.threads < 1:
-            raise UserError(f"--threads must be at least 1, got {self.threads}")
-        if self.streams < 0:
-            raise UserError(f"--streams must be 0 or more, got {self.streams}")
-        if self.input_size is not None and (self.input_size < 32 or self.input_size % 32):
-            raise UserError(f"--input-size must be a positive multiple of 32, got {self.input_size}")
-        if bool(self.rpc) != bool(self.target) and self.rpc:
-            raise UserError("--rpc HOST:PORT needs --target NAME (the device's export target)")
-
-
-@dataclass
-class BackendResult:
-    backend: str
-    status: str = "ok"                  # ok | skipped | error
-    reason: str = ""
-    source: str = ""                    # where the numbers come from, in words
-    description: str = ""
-    size_bytes: int | None = None
-    open_s: float | None = None
-    rss_delta_mb: float | None = None
-    tsm: LatencyStats | None = None
-    tsn: LatencyStats | None = None
-    end_to_end: dict[str, Any] | None = None
-    streams: dict[str, Any] | None = None
-    baseline: bool = False              # a yardstick (plain ORT), not a backend users pick
-    precision: str = "fp32"
-    agreement: dict[str, Any] | None = None  # int8 rows: agreement with float32, as stored by the export
-    remote: dict[str, Any] | None = None  # how a remote device was timed, and the steps over the network
-
-    @property
-    def overhead(self) -> float | None:
-        """TSM p50 / TSN p50 - 1 (a fraction), the cost of the shift and its buffers."""
-        if self.tsm is None or self.tsn is None:
-            return None
-        return self.tsm.p50 / self.tsn.p50 - 1.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "backend": self.backend, "status": self.status, "reason": self.reason, "source": self.source,
-            "description": self.description, "baseline": self.baseline,
-            "size_mb": None if self.size_bytes is None else self.size_bytes / 1e6,
-            "open_s": self.open_s, "rss_delta_mb": self.rss_delta_mb,
-            "tsm": None if self.tsm is None else {**self.tsm.summary(), "samples_ms": self.tsm.samples_ms},
-            "tsn": None if self.tsn is None else {**self.tsn.summary(), "samples_ms": self.tsn.samples_ms},
-            "overhead_vs_tsn": self.overhead, "end_to_end": self.end_to_end, "streams": self.streams,
-            "remote": self.remote, "precision": self.precision, "agreement": self.agreement,
-        }
-
-
-@dataclass
-class BenchReport:
-    config: BenchConfig
-    machine: dict[str, Any]
-    model: dict[str, Any]
-    rows: list[BackendResult]
-    reference: list[dict[str, Any]]
-    bounds: list[dict[str, Any]]
-    command: str = "tsm-bench"
-    created: str = ""
-    wall_s: float = 0.0
-    notes: list[str] = field(default_factory=list)
-    profile: dict[str, Any] | None = None
-    head_to_head: dict[str, Any] | None = None
-
-    def row(self, backend: str) -> BackendResult | None:
-        return next((r for r in self.rows if r.backend == backend and r.status == "ok"), None)
-
-    def to_dict(self) -> dict[str, Any]:
-        from online_tsm.benchmarks.targets import evaluate_targets
-
-        cfg = {k: v for k, v in vars(self.config).items() if k not in ("progress", "cache_root")}
-        return {"schema": SCHEMA, "created": self.created, "command": self.command, "wall_s": self.wall_s,
-                "machine": self.machine, "model": self.model, "settings": cfg,
-                "rows": [r.to_dict() for r in self.rows], "reference": self.reference, "bounds": self.bounds,
-                "targets": evaluate_targets(self), "notes": self.notes, "profile": self.profile,
-                "head_to_head": self.head_to_head}
 
 
 def _say(message: str) -> None:

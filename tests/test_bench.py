@@ -19,7 +19,7 @@ from online_tsm.benchmarks.backends import BACKEND_PLANS, RemoteSpec, backend_av
 from online_tsm.benchmarks.facts import count_graph_cost, machine_description
 from online_tsm.benchmarks.latency import Contestant, LatencyStats, measure_interleaved, measure_stages
 from online_tsm.benchmarks.models import tsn_twin
-from online_tsm.benchmarks.reference import (BOUND_LABEL, PAPER_LABEL, PAPER_ROWS, ROOFLINE_DEVICES,
+from online_tsm.benchmarks.paper import (BOUND_LABEL, PAPER_LABEL, PAPER_ROWS, ROOFLINE_DEVICES,
                                              roofline_bound_ms, roofline_rows)
 from online_tsm.errors import UserError
 from online_tsm.manifest import write_manifest

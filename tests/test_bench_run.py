@@ -13,9 +13,11 @@ import pytest
 
 from helpers import seeded_model
 from online_tsm.benchmarks.cli import main, run_default_report
-from online_tsm.benchmarks.reference import BOUND_LABEL, PAPER_LABEL
+from online_tsm.benchmarks.paper import BOUND_LABEL, PAPER_LABEL
 from online_tsm.benchmarks.report import render_markdown, render_terminal, write_json, write_plot
-from online_tsm.benchmarks.suite import SCHEMA, BenchConfig, run_benchmark
+from online_tsm.benchmarks.goals import report_dict
+from online_tsm.benchmarks.results import SCHEMA, BenchConfig
+from online_tsm.benchmarks.suite import run_benchmark
 from online_tsm.checkpoint import save_checkpoint
 
 BACKENDS = ["torch", "onnxruntime", "ort-plain", "tvm", "tensorrt"]
@@ -42,7 +44,7 @@ def small_config(env, **overrides) -> BenchConfig:
 @pytest.fixture(scope="module")
 def report_data(bench_env):
     report = run_benchmark(small_config(bench_env, profile=True), command="tsm-bench --test")
-    return report.to_dict()
+    return report_dict(report)
 
 
 def test_report_has_every_requested_backend_with_a_status(report_data):
@@ -58,7 +60,7 @@ def test_report_has_every_requested_backend_with_a_status(report_data):
 def test_int8_row_carries_its_agreement_and_the_precision_targets_are_judged(bench_env):
     report = run_benchmark(small_config(bench_env, backends=["onnxruntime", "onnxruntime-int8", "ort-plain"],
                                         profile=True, streams=0, end_to_end=False))
-    report_data = report.to_dict()
+    report_data = report_dict(report)
     rows = {r["backend"]: r for r in report_data["rows"]}
     int8 = rows["onnxruntime-int8"]
     assert int8["status"] == "ok" and int8["precision"] == "int8" and rows["onnxruntime"]["precision"] == "fp32"
@@ -70,7 +72,7 @@ def test_int8_row_carries_its_agreement_and_the_precision_targets_are_judged(ben
     assert targets[8]["reached"] in (True, False) and report_data["model"]["trained_weights"] is True
     # seeded random weights (the paper setting without Jester weights): agreement is not judged on them
     report.model["trained_weights"] = False
-    random = {t["id"]: t for t in report.to_dict()["targets"]}[8]
+    random = {t["id"]: t for t in report_dict(report)["targets"]}[8]
     assert random["reached"] is None and random["measured"].startswith("not meaningful on seeded random weights")
 
 
@@ -142,8 +144,8 @@ def test_every_backend_measured_here_is_timed_again_against_the_others(report_da
 
 
 def test_without_the_head_to_head_pass_targets_say_the_rows_were_timed_apart(bench_env):
-    report = run_benchmark(small_config(bench_env, backends=["onnxruntime", "tvm"], streams=0, end_to_end=False,
-                                        head_to_head=False)).to_dict()
+    report = report_dict(run_benchmark(small_config(bench_env, backends=["onnxruntime", "tvm"], streams=0,
+                                                    end_to_end=False, head_to_head=False)))
     assert report["head_to_head"] is None
     target = {t["id"]: t for t in report["targets"]}[3]
     assert target["reached"] is not None and "(rows timed one after another)" in target["measured"]

@@ -1,4 +1,4 @@
-"""The performance targets, each a small check in a list, evaluated against one run.
+"""The performance goals, each a small check in a list, judged on one run (the report's ``targets``).
 
 Each check says what was compared, the measured value and the threshold;
 ``reached`` is ``None`` when the run did not measure what the check needs
@@ -8,14 +8,11 @@ Checks that compare backends read their p50s from the head-to-head pass
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from online_tsm.benchmarks import head_to_head
+from online_tsm.benchmarks.results import BenchReport
 from online_tsm.cpuinfo import has_vnni
 from online_tsm.verification import DEFAULT_MIN_AGREEMENT
-
-if TYPE_CHECKING:
-    from online_tsm.benchmarks.suite import BenchReport
 
 OVERHEAD_LIMIT = 0.03
 SPEEDUP_VS_TORCH = 3.0
@@ -28,17 +25,11 @@ SHIFT_MOVEMENT_LIMIT = 0.03
 MIN_AGREEMENT = DEFAULT_MIN_AGREEMENT   # int8 counts as the faster path only at the agreement the export requires
 
 
-def comparable_p50(report: "BenchReport") -> tuple[dict[str, float], str]:
-    """Each backend's TSM p50 for comparisons between backends, and a label saying where it comes from."""
-    return head_to_head.comparable_p50(report.head_to_head, {r.backend: r.tsm.p50 for r in report.rows
-                                                             if r.status == "ok" and r.tsm is not None})
-
-
 def _check(number: int, text: str, reached: bool | None, measured: str, **extra: Any) -> dict[str, Any]:
     return {"id": number, "target": text, "reached": reached, "measured": measured, **extra}
 
 
-def evaluate_targets(report: "BenchReport") -> list[dict[str, Any]]:
+def evaluate_goals(report: BenchReport) -> list[dict[str, Any]]:
     ok = [r for r in report.rows if r.status == "ok" and r.tsm is not None]
     local = [r for r in ok if r.source.startswith("measured here")]
     out = []
@@ -52,7 +43,7 @@ def evaluate_targets(report: "BenchReport") -> list[dict[str, Any]]:
                       per_backend=overheads))
 
     # 2. Fastest backend >= 3x PyTorch eager, and no slower than the plain ORT loop.
-    p50, timed = comparable_p50(report)
+    p50, timed = report.comparable_p50s()
     candidates = [r.backend for r in local if not r.baseline and r.backend != "torch" and r.backend in p50]
     if candidates and "torch" in p50 and "ort-plain" in p50:
         fastest = min(candidates, key=p50.__getitem__)
@@ -89,14 +80,14 @@ def evaluate_targets(report: "BenchReport") -> list[dict[str, Any]]:
     else:
         out.append(_check(4, f"--streams N total throughput >= {STREAMS_SPEEDUP:g}x N sequential streams", None,
                           "streams not measured"))
-    out += _precision_targets(report, local)
+    out += _precision_goals(report, local)
     return out
 
 
-def _precision_targets(report: "BenchReport", local: list) -> list[dict[str, Any]]:
+def _precision_goals(report: BenchReport, local: list) -> list[dict[str, Any]]:
     """(a) int8 speed-up over the plain ORT loop, (b) auto near the fastest, (c) shift movement, (d) agreement."""
     out = []
-    p50, timed = comparable_p50(report)
+    p50, timed = report.comparable_p50s()
     vnni = has_vnni()
     need = INT8_VS_PLAIN_VNNI if vnni else INT8_VS_PLAIN_AVX2
     int8 = [r for r in local if getattr(r, "precision", "fp32") == "int8"]
@@ -143,3 +134,8 @@ def _precision_targets(report: "BenchReport", local: list) -> list[dict[str, Any
     else:
         out.append(_check(8, text, None, "needs an int8 row"))
     return out
+
+
+def report_dict(report: BenchReport) -> dict[str, Any]:
+    """The report as ``tsm-bench --json`` writes it: its data and, under ``targets``, every goal judged on it."""
+    return {**report.to_dict(), "targets": evaluate_goals(report)}
