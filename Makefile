@@ -14,15 +14,16 @@ setup: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,serve]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,serve,litert]'
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt --no-deps nvidia-pytriton
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt --no-deps litert-torch litert-converter
 	@touch $(STAMP)
 
 run: $(STAMP)
 	$(PY) -m online_tsm.apps.quickstart
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not emulation and not network and not soak"

@@ -105,7 +105,7 @@ def _torch_load(path: Path, map_location: str | torch.device) -> Any:
             f"in one of the formats {', '.join(CHECKPOINT_FORMATS)}): {first_line(exc)[:200]}") from None
 
 
-def detect_format(obj: Any) -> str:
+def detect_checkpoint_format(obj: Any) -> str:
     """Name of the checkpoint format of a loaded object, or raise :class:`CheckpointError`."""
     if isinstance(obj, dict) and obj.get("format") == FORMAT_NAME:
         return "online-tsm"
@@ -279,7 +279,7 @@ def load_model(path_or_name: str | os.PathLike, *, n_class: int | None = None,
                 f"{', '.join(sorted(weights.WEIGHTS))})")
         path = weights.fetch_weights(entry.name)
     obj = _torch_load(path, map_location)
-    fmt = detect_format(obj)
+    fmt = detect_checkpoint_format(obj)
     meta: dict[str, Any] = {}
     if fmt == "online-tsm":
         problem = _field_problem(obj)

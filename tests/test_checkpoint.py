@@ -6,7 +6,7 @@ import torch
 
 from helpers import random_clip, seeded_model
 from online_tsm import CheckpointError, OneWayShiftWarning, load_model, save_checkpoint
-from online_tsm.checkpoint import detect_format
+from online_tsm.checkpoint import detect_checkpoint_format
 
 
 def _logits(model, seed=0):
@@ -23,7 +23,7 @@ def test_round_trip(tmp_path, fmt, config):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         loaded = load_model(path, input_size=model.input_size if fmt != "online-tsm" else None)
-    assert detect_format(torch.load(path, weights_only=True)) == fmt
+    assert detect_checkpoint_format(torch.load(path, weights_only=True)) == fmt
     assert loaded.info.source_format == fmt
     assert loaded.width_mult == model.width_mult and loaded.n_class == model.n_class
     assert loaded.shift_blocks == model.shift_blocks

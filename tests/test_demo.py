@@ -1,4 +1,4 @@
-"""``tsm-demo`` end to end: the headless synthetic run of the issue, labels from a checkpoint, error paths."""
+"""``tsm-demo`` end to end: a headless synthetic run with video and log, labels from a checkpoint, error paths."""
 from __future__ import annotations
 
 import json
@@ -55,7 +55,7 @@ def video_stats(path) -> tuple[int, int, int]:
     return frames, width, height
 
 
-def test_headless_synthetic_run_of_the_issue(tmp_path, monkeypatch, capsys):
+def test_headless_synthetic_run_writes_the_video_and_the_prediction_log(tmp_path, monkeypatch, capsys):
     """``tsm-demo --source synthetic --headless --output out.mp4 --log preds.jsonl --frames 120``."""
     monkeypatch.chdir(tmp_path)
     rc = cli.main(["--source", "synthetic", "--headless", "--output", "out.mp4", "--log", "preds.jsonl",

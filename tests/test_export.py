@@ -2,7 +2,7 @@
 
 Every artifact is built once per session (session fixtures); the small model
 (width 0.5, 96x96, 10 classes) serves most checks, the full 224 model saved as
-an upstream-format checkpoint serves the issue's "done when" checks.
+an upstream-format checkpoint serves the checks at the paper's setting.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from online_tsm.export.targets import TARGETS, get_target
 from online_tsm.export.tvm.build import stream_tvm
 from online_tsm.preprocess import preprocess_frame
 
-PARITY = 1e-4  # the issue's bound: max abs diff of logits over 16 streamed frames
+PARITY = 1e-4  # max abs diff of logits over 16 streamed frames: the float32 rule's floor (same machine)
 HAS_CROSS_GCC = shutil.which("aarch64-linux-gnu-gcc") is not None
 
 

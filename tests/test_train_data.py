@@ -136,7 +136,7 @@ def test_folder_layout_errors(tmp_path):
     with pytest.raises(data.DataError, match="no readable training clips"):
         data.scan_folder(tmp_path / "bad")
     with pytest.raises(data.DataError, match="data not found"):
-        data.detect_format(str(tmp_path / "missing"))
+        data.detect_data_format(str(tmp_path / "missing"))
 
 
 def test_jester_layout(tmp_path):
@@ -146,7 +146,7 @@ def test_jester_layout(tmp_path):
     (tmp_path / "jester-v1-labels.csv").write_text("Swiping Left\nSwiping Right\nNo gesture\n")
     (tmp_path / "jester-v1-train.csv").write_text("1;Swiping Left\n2;Swiping Right\n9;No gesture\n")
     (tmp_path / "jester-v1-validation.csv").write_text("3;Swiping Left\n4;No gesture\n")
-    assert data.detect_format(str(tmp_path)) == "jester"
+    assert data.detect_data_format(str(tmp_path)) == "jester"
     split = data.scan_jester(tmp_path)
     assert split.labels == ["Swiping Left", "Swiping Right", "No gesture"]
     assert [c.label for c in split.train] == [0, 1] and [c.label for c in split.val] == [0, 2]

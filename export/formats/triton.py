@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -199,13 +198,6 @@ def check_ort_config(config_text: str, onnx_model: Any) -> list[str]:
 
 
 # -- the repository --------------------------------------------------------------------------
-
-@dataclass
-class Repository:
-    path: Path
-    python_model: str = PYTHON_MODEL
-    ort_model: str = ORT_MODEL
-
 
 def repository_readme(manifest: Manifest, name: str) -> str:
     frame, logits = manifest.spec(manifest.frame_input), manifest.spec(manifest.logits_output)

@@ -114,7 +114,7 @@ def load_calibration(data: str, model_labels: Sequence[str], *, every: int = 1, 
     if image_files(path):  # images directly inside: one clip as frames
         return _single_stream(path, every)
     try:
-        fmt = data_mod.detect_format(str(path))
+        fmt = data_mod.detect_data_format(str(path))
         split = data_mod.scan_jester(path) if fmt == "jester" else data_mod.scan_folder(
             path, data_mod.DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction, seed)
     except data_mod.DataError as exc:

@@ -186,7 +186,7 @@ def synthetic_split(train_clips: int, val_clips: int, seed: int = 0, render_size
 
 # -- dispatch ------------------------------------------------------------------------------
 
-def detect_format(data: str) -> str:
+def detect_data_format(data: str) -> str:
     """``synthetic``, ``jester`` (a folder holding ``;`` lists) or ``folder``."""
     if data == "synthetic":
         return "synthetic"

@@ -61,7 +61,7 @@ class TrainResult:
 
 def load_split(cfg: TrainConfig, input_size: int) -> data_mod.DataSplit:
     """The train/val clips named by the config, with skipped clips reported."""
-    fmt = cfg.data_format if cfg.data_format != "auto" else data_mod.detect_format(cfg.data)
+    fmt = cfg.data_format if cfg.data_format != "auto" else data_mod.detect_data_format(cfg.data)
     if fmt == "synthetic":
         split = data_mod.synthetic_split(cfg.train_clips, cfg.val_clips, cfg.seed,
                                          cfg.render_size or resize_size(input_size))
