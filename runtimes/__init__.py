@@ -26,6 +26,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "tvm-rpc": ("online_tsm.runtimes.tvm_rpc_backend", "TvmRpcRuntime"),
     "tensorrt": ("online_tsm.runtimes.tensorrt_backend", "TensorRtRuntime"),
     "triton": ("online_tsm.runtimes.triton_backend", "TritonRuntime"),
+    "litert": ("online_tsm.runtimes.litert_backend", "LiteRtRuntime"),
 }
 
 

@@ -15,7 +15,8 @@ from online_tsm.manifest import MANIFEST_NAME, Manifest, load_manifest
 from online_tsm.labels import default_labels
 from online_tsm.runtimes.base import RuntimeOpenError
 
-ROLE_WORDS = {"onnx": "ONNX model", "library": "compiled TVM library", "reference": "reference logits"}
+ROLE_WORDS = {"onnx": "ONNX model", "library": "compiled TVM library", "reference": "reference logits",
+              "tflite": "LiteRT model (model.tflite)"}
 
 
 @dataclass

@@ -34,7 +34,7 @@ from online_tsm.runtimes.base import BackendUnavailable, Runtime, RuntimeOpenErr
 
 ENV_CHOICE = "ONLINE_TSM_AUTO"
 # Backends that run an export folder on this machine, measured against each other; order breaks exact ties.
-CANDIDATES = ("onnxruntime", "tvm")
+CANDIDATES = ("onnxruntime", "tvm", "litert")
 BUDGET_S = 3.0          # wall-clock limit of the measurement, warm-up included
 WARMUP_FRAMES = 3       # per backend, untimed (first calls allocate and page in)
 ROUND_FRAMES = 4        # frames per backend per interleaved round
@@ -203,7 +203,7 @@ def resolve_choice(folder: Path, *, threads: int | None = None, choose: str | No
     """The rule of ``backend="auto"`` for an export folder: the choice and, if measured, its open runtime.
 
     1. ``choose=`` or ``$ONLINE_TSM_AUTO`` names the backend: used as is (an error if it cannot run here).
-    2. Only one of onnxruntime / tvm can run the folder here (or takes the options given): that one.
+    2. Only one of onnxruntime / tvm / litert can run the folder here (or takes the options given): that one.
     3. A cached choice for (manifest sha256, CPU model, threads): that one, nothing measured.
     4. Otherwise every candidate streams warm frames in interleaved rounds (about ``budget_s``); the
        lowest median ms/frame wins and is cached.

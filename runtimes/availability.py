@@ -26,10 +26,11 @@ NEEDS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "tvm": (("tvm",), "library"),
     "tvm-rpc": (("tvm",), "library"),
     "tensorrt": (("tensorrt", "pycuda"), "onnx"),
+    "litert": (("ai_edge_litert",), "tflite"),
 }
 INSTALL = {"onnxruntime": "pip install onnxruntime", "tvm": "pip install apache-tvm",
            "tensorrt": "pip install 'online-tsm[jetson]' or JetPack", "pycuda": "pip install pycuda",
-           "torch": "pip install torch"}
+           "torch": "pip install torch", "ai_edge_litert": "pip install 'online-tsm[litert]'"}
 
 
 def source_kind(source: Any) -> str:
@@ -97,7 +98,7 @@ def resolve_auto(source: Any, *, threads: int | None = None, choose: str | None 
     """The backend ``backend="auto"`` picks for ``source``.
 
     The rule: ``torch`` for weights (a checkpoint, a name, a model object).  For an
-    export folder, among ``onnxruntime`` and ``tvm``: the one named by ``choose``
+    export folder, among ``onnxruntime``, ``tvm`` and ``litert``: the one named by ``choose``
     or ``$ONLINE_TSM_AUTO`` if set; the only one that can run it here if just
     one can; else the faster, measured on the first open of this artifact on this
     CPU at this thread count (a few seconds of warm frames, interleaved rounds)
