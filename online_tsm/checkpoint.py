@@ -252,6 +252,68 @@ def _check_state_dict(model: MobileNetV2TSM, state: dict[str, torch.Tensor], fmt
             f"in format {fmt}: " + "; ".join(problems))
 
 
+def _resolve_weights(path_or_name: str | os.PathLike) -> tuple[Path, Any]:
+    """The checkpoint file for a path or a registry name (fetched into the cache), and its registry entry."""
+    from online_tsm import weights  # local: keeps the registry optional for pure-model users
+
+    path = Path(path_or_name)
+    if str(path_or_name) == weights.DEFAULT_NAME and not path.exists():
+        if weights.default_weights() is None:
+            raise CheckpointError("the built-in default model is not shipped in this build "
+                                  f"(expected {weights.DEFAULT_ASSET}); pass --weights PATH or 'jester'")
+        return weights.DEFAULT_ASSET, None
+    if path.exists():
+        return path, None
+    entry = weights.find_entry(str(path_or_name))
+    if entry is None:
+        raise CheckpointError(f"no such checkpoint file: {path} (and not a known weights name; known: "
+                              f"{', '.join(sorted(weights.WEIGHTS))})")
+    return weights.fetch_weights(entry.name), entry
+
+
+def _read_online_tsm(obj: dict, path: Path) -> tuple[dict, dict[str, Any], int]:
+    """State dict, metadata and class count of an online-tsm checkpoint, every field checked."""
+    problem = _field_problem(obj)
+    if problem:
+        raise CheckpointError(f"{path} (format {FORMAT_NAME}): {problem}")
+    if obj["version"] > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format version {obj.get('version')}; this online-tsm reads "
+                              f"up to version {FORMAT_VERSION} (upgrade online-tsm)")
+    if obj.get("arch") != ARCH:
+        raise CheckpointError(f"{path} holds arch {obj.get('arch')!r}; expected {ARCH!r}")
+    state = obj.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} (format {FORMAT_NAME}) has no 'state_dict'")
+    if _non_tensor(state):
+        raise CheckpointError(f"{path} (format {FORMAT_NAME}): {_non_tensor(state)}")
+    meta = {k: obj[k] for k in ("labels", "input_size", "mean", "std", "shift_blocks", "fold_div", "width_mult",
+                                "extra") if k in obj}
+    return state, meta, int(obj["n_class"])
+
+
+def _read_upstream(obj: dict, path: Path, fmt: str, entry: Any) -> tuple[dict, dict[str, Any], int]:
+    """State dict, metadata and class count of an upstream (MIT HAN Lab) checkpoint, offline ones converted."""
+    meta: dict[str, Any] = {}
+    state = obj.get("state_dict", obj)
+    if _non_tensor(state):
+        raise CheckpointError(f"{path} (format {fmt}): {_non_tensor(state)}")
+    if fmt == "upstream-offline":
+        state, found_shift = convert_offline_state_dict(state)
+        if found_shift:
+            meta["shift_blocks"] = found_shift
+        warnings.warn(
+            f"{path} is an offline TSM checkpoint trained with a bi-directional shift; streamed one-way "
+            "its accuracy drops (retrain or fine-tune with the causal shift for exact streaming)",
+            OneWayShiftWarning, stacklevel=3)
+    if "classifier.weight" not in state:
+        raise CheckpointError(f"missing keys: classifier.weight (format {fmt})")
+    ckpt_classes = int(state["classifier.weight"].shape[0])
+    meta["width_mult"] = _infer_width(state, ckpt_classes)
+    if entry is not None:
+        meta.update(labels=list(entry.labels), input_size=entry.input_size, mean=entry.mean, std=entry.std)
+    return state, meta, ckpt_classes
+
+
 def load_model(path_or_name: str | os.PathLike, *, n_class: int | None = None,
                map_location: str | torch.device = "cpu", input_size: int | None = None,
                shift_blocks: Sequence[int] | None = None, replace_classifier: bool = False) -> MobileNetV2TSM:
@@ -262,60 +324,13 @@ def load_model(path_or_name: str | os.PathLike, *, n_class: int | None = None,
     to new classes), which keeps the backbone and starts a fresh classifier.
     The returned model carries a :class:`ModelInfo` as ``model.info``.
     """
-    from online_tsm import weights  # local: keeps the registry optional for pure-model users
-
-    path = Path(path_or_name)
-    entry = None
-    if str(path_or_name) == weights.DEFAULT_NAME and not path.exists():
-        if weights.default_weights() is None:
-            raise CheckpointError("the built-in default model is not shipped in this build "
-                                  f"(expected {weights.DEFAULT_ASSET}); pass --weights PATH or 'jester'")
-        path = weights.DEFAULT_ASSET
-    elif not path.exists():
-        entry = weights.find_entry(str(path_or_name))
-        if entry is None:
-            raise CheckpointError(
-                f"no such checkpoint file: {path} (and not a known weights name; known: "
-                f"{', '.join(sorted(weights.WEIGHTS))})")
-        path = weights.fetch_weights(entry.name)
+    path, entry = _resolve_weights(path_or_name)
     obj = _torch_load(path, map_location)
     fmt = detect_checkpoint_format(obj)
-    meta: dict[str, Any] = {}
     if fmt == "online-tsm":
-        problem = _field_problem(obj)
-        if problem:
-            raise CheckpointError(f"{path} (format {FORMAT_NAME}): {problem}")
-        if obj["version"] > FORMAT_VERSION:
-            raise CheckpointError(f"{path} has format version {obj.get('version')}; this online-tsm reads "
-                                  f"up to version {FORMAT_VERSION} (upgrade online-tsm)")
-        if obj.get("arch") != ARCH:
-            raise CheckpointError(f"{path} holds arch {obj.get('arch')!r}; expected {ARCH!r}")
-        state = obj.get("state_dict")
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{path} (format {FORMAT_NAME}) has no 'state_dict'")
-        if _non_tensor(state):
-            raise CheckpointError(f"{path} (format {FORMAT_NAME}): {_non_tensor(state)}")
-        meta = {k: obj[k] for k in ("labels", "input_size", "mean", "std", "shift_blocks", "fold_div",
-                                      "width_mult", "extra") if k in obj}
-        ckpt_classes = int(obj["n_class"])
+        state, meta, ckpt_classes = _read_online_tsm(obj, path)
     else:
-        state = obj.get("state_dict", obj)
-        if _non_tensor(state):
-            raise CheckpointError(f"{path} (format {fmt}): {_non_tensor(state)}")
-        if fmt == "upstream-offline":
-            state, found_shift = convert_offline_state_dict(state)
-            if found_shift:
-                meta["shift_blocks"] = found_shift
-            warnings.warn(
-                f"{path} is an offline TSM checkpoint trained with a bi-directional shift; streamed one-way "
-                "its accuracy drops (retrain or fine-tune with the causal shift for exact streaming)",
-                OneWayShiftWarning, stacklevel=2)
-        if "classifier.weight" not in state:
-            raise CheckpointError(f"missing keys: classifier.weight (format {fmt})")
-        ckpt_classes = int(state["classifier.weight"].shape[0])
-        meta["width_mult"] = _infer_width(state, ckpt_classes)
-        if entry is not None:
-            meta.update(labels=list(entry.labels), input_size=entry.input_size, mean=entry.mean, std=entry.std)
+        state, meta, ckpt_classes = _read_upstream(obj, path, fmt, entry)
     # Weights are half precision in shipped models; the model computes in float32.
     state = {k: (v.float() if torch.is_floating_point(v) else v) for k, v in state.items()}
     target_classes = n_class if n_class is not None else ckpt_classes
