@@ -173,6 +173,7 @@ def export_artifact(weights_or_model: Any, target: str, out_dir: str | os.PathLi
         _export_profile_onnx(job, opset)
         _compile(job)
         _reduce_precision(job)
+        _litert(job)
         _ship_profile_onnx(job)
         _finish(job)
         out = publish_out_dir(staging, out_dir)
@@ -292,7 +293,7 @@ def _ship_profile_onnx(job: _Job) -> None:
 def _compile(job: _Job) -> None:
     """The row's TVM library (none for ONNX rows and int8), checked for its machine and, here, for its numbers."""
     row, options, say = job.row, job.options, job.say
-    if row.kind == "onnx":
+    if row.kind in ("onnx", "litert"):
         return
     if options.precision == "int8":
         job.notes.append("int8 runs on ONNX Runtime (model.onnx, QDQ); no TVM library is built for int8")
@@ -319,9 +320,11 @@ def _compile(job: _Job) -> None:
 def _reduce_precision(job: _Job) -> None:
     """The ONNX Runtime shift rewrite, and the fp16 check or the int8 model with its measured rule."""
     manifest, options = job.manifest, job.options
+    manifest.model["precision"] = options.precision
+    if job.row.kind == "litert":
+        return                      # model.tflite is made in its precision by _litert
     if options.ort_shift == "conv":
         _fold_shift(job)
-    manifest.model["precision"] = options.precision
     if options.precision == "fp16":
         from online_tsm.export.precision.options import check_fp16
 
@@ -335,6 +338,26 @@ def _reduce_precision(job: _Job) -> None:
         manifest.model["quantization"] = quantization
         measured = quantization["verification"]
         job.extra_rules["int8"] = measured_int8_rule(measured["max_abs_diff"], measured["top1_agreement"])
+
+
+def _litert(job: _Job) -> None:
+    """The LiteRT row: ``model.tflite`` from the same per-frame module, in the asked precision, checked against
+    PyTorch (:mod:`.formats.litert`); it replaces ``model.onnx``, which only made the reference."""
+    if job.row.kind != "litert":
+        return
+    from online_tsm.export.formats.litert import TFLITE_NAME, export_tflite
+
+    options = job.options
+    entry = export_tflite(job.graph_model, job.model, job.manifest, job.out, job.frames, job.reference, job.say,
+                          precision=options.precision, calibration=options.calibration,
+                          min_agreement=options.min_agreement, drift_frames=job.drift_frames)
+    job.manifest.model.update(entry)
+    measured = (entry.get("quantization") or {}).get("verification")
+    if measured:
+        job.extra_rules["int8"] = measured_int8_rule(measured["max_abs_diff"], measured["top1_agreement"])
+    job.onnx_path.unlink()
+    job.roles.pop(ONNX_NAME, None)
+    job.roles[TFLITE_NAME] = "tflite"
 
 
 def _finish(job: _Job) -> None:

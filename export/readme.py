@@ -44,12 +44,18 @@ def _precision_lines(manifest: Manifest) -> list[str]:
         agreement = (model.get("quantization") or {}).get("agreement") or {}
         measured = (f"; top-1 agreement with float32 on {agreement['top1_agreement_frames']:.1%} of held-out frames"
                     if "top1_agreement_frames" in agreement else "")
-        return [f"Precision: int8 (QDQ model.onnx for ONNX Runtime; float32 inputs and outputs){measured} "
+        form = ("full-integer model.tflite for LiteRT" if manifest.file_with_role("tflite")
+                else "QDQ model.onnx for ONNX Runtime")
+        return [f"Precision: int8 ({form}; float32 inputs and outputs){measured} "
                 "(manifest: model.quantization)."]
     if model.get("precision") == "fp16":
         check = model.get("fp16_check") or {}
         measured = (f"; checked against float32 on the exporting CPU: max |logit diff| "
                     f"{check['relative_max_diff']:.2%} of max |logit|" if "relative_max_diff" in check else "")
+        if manifest.file_with_role("tflite"):
+            return [f"Precision: fp16 weights in model.tflite, float32 inputs and outputs; max |logit diff| "
+                    f"{check.get('max_abs_diff', float('nan')):.3g} from float32 PyTorch on the verification frames "
+                    "(manifest: model.fp16_check)."]
         return [f"Precision: fp16 kernels with float32 accumulation, float32 inputs and outputs{measured} "
                 "(manifest: model.fp16_check)."]
     return []
@@ -103,10 +109,12 @@ def artifact_readme(manifest: Manifest, row: ExportTarget, folder: str = "ARTIFA
     if script:
         tensorrt = ", --tensorrt [--fp16]" if row.kind in ("onnx", "cuda") else ""
         lines += ["", _SCRIPT_USE.format(script=script, folder=folder,
-                                         engine="TvmEngine" if library else "OnnxRuntimeEngine",
+                                         engine="TvmEngine" if library else (
+                                             "LiteRtEngine" if row.kind == "litert" else "OnnxRuntimeEngine"),
                                          extra=tensorrt).rstrip("\n")]
     for note in target.get("notes", []):
         lines.append(f"Note: {note}")
     lines += ["", f"Check the folder: tsm-export verify {folder}"
-              + ("   (add --emulate to run it under qemu)" if row.kind == "cpu" and row.cross else "")]
+              + ("   (add --emulate to run it under qemu)" if (row.kind == "cpu" and row.cross)
+                 or row.kind == "litert" else "")]
     return "\n".join(lines) + "\n"

@@ -72,7 +72,7 @@ class ExportTarget:
     @property
     def runs_here(self) -> bool:
         """Whether ``tsm-export verify`` can execute the artifact numerically on this machine."""
-        return self.kind == "onnx" or (self.kind == "cpu" and not self.cross)
+        return self.kind in ("onnx", "litert") or (self.kind == "cpu" and not self.cross)
 
     @property
     def needs_ndk(self) -> bool:
@@ -89,8 +89,9 @@ class ExportTarget:
 
     @property
     def emulated(self) -> bool:
-        """``tsm-export verify --emulate`` can run it here: aarch64 code under qemu user-mode emulation."""
-        return self.elf_machine == EM_AARCH64
+        """``tsm-export verify --emulate`` can run it here: aarch64 code under qemu user-mode emulation (a LiteRT
+        model runs in the aarch64 LiteRT runtime, the phone's)."""
+        return self.elf_machine == EM_AARCH64 or self.kind == "litert"
 
     @classmethod
     def from_manifest(cls, target: dict[str, Any]) -> "ExportTarget":
@@ -162,6 +163,19 @@ or link the shipped object archive yourself:
 Then package model.so + manifest.json with an app that embeds the TVM runtime (TVM's android_deploy /
 android_rpc apps build it with the NDK), or push it to a device running the TVM RPC app and use
   tsm-bench --rpc HOST:PORT --target android-arm64 --artifact {folder}
+"""
+_LITERT_STEPS = """Android, nothing to build: time it with LiteRT's prebuilt benchmark_model for Android (arm64), over adb.
+It feeds random inputs, so it times the model but does not check its numbers (verified: run_litert.py, below):
+  adb push {folder}/model.tflite /data/local/tmp/
+  adb push benchmark_model /data/local/tmp/ && adb shell chmod +x /data/local/tmp/benchmark_model
+  adb shell /data/local/tmp/benchmark_model --graph=/data/local/tmp/model.tflite --num_threads=4 \\
+      --use_xnnpack=true | tee phone-cpu.txt
+  adb shell /data/local/tmp/benchmark_model --graph=/data/local/tmp/model.tflite --use_gpu=true | tee phone-gpu.txt
+  tsm-bench --import phone-cpu.txt phone-gpu.txt      # beside the paper's Galaxy Note8 figure
+In an app: LiteRT's Interpreter, signature "serving_default"; feed frame and shift_k by name, carry shift_out_k.
+A phone or board with a Linux userland and Python >= 3.9 (Termux, a Raspberry Pi) checks and times it itself:
+  pip install ai-edge-litert numpy
+  python3 run_litert.py --json phone.json
 """
 _JETSON_STEPS = """Two engines read this folder; run.py picks TVM where it is installed, else TensorRT.
 TensorRT, nothing to install on JetPack 4.6 (Python 3.6, TensorRT 8.2, CUDA 10.2), from model.onnx (opset 13):
@@ -276,6 +290,19 @@ TARGETS: tuple[ExportTarget, ...] = (
         device_steps=_ANDROID_STEPS,
         options=frozenset({"library"}),
         precision_hints=_CPU_ONLY_FP16,
+        qemu_cpu="cortex-a53",
+    ),
+    ExportTarget(
+        name="android-litert",
+        kind="litert",
+        description="Android phones with nothing built: a LiteRT (TFLite) model.tflite, XNNPACK on the CPU or the "
+                    "GPU delegate",
+        cpu="cortex-a53",
+        device_notes="LiteRT's prebuilt benchmark_model times it over adb; run_litert.py (numpy + ai-edge-litert) "
+                     "verifies and times it where Python runs; verify --emulate runs it on a Cortex-A53 under qemu",
+        aliases=("litert", "tflite"),
+        device_steps=_LITERT_STEPS,
+        precisions=("fp32", "fp16", "int8"),
         qemu_cpu="cortex-a53",
     ),
     ExportTarget(
