@@ -134,8 +134,15 @@ def imported_row(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
 
 
 def import_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """Rows for every ``--import`` file, in order."""
-    return [imported_row(load_result(p), p) for p in paths]
+    """Rows for every ``--import`` file, in order: run.py results, and ``trtexec --exportTimes`` files
+    (:mod:`online_tsm.benchmarks.trtexec`, labelled not verified)."""
+    from online_tsm.benchmarks.trtexec import read_trtexec_times, trtexec_row
+
+    rows = []
+    for path in paths:
+        times = read_trtexec_times(path)
+        rows.append(trtexec_row(times, path) if times is not None else imported_row(load_result(path), path))
+    return rows
 
 
 def import_only_report(rows: list[dict[str, Any]], command: str) -> dict[str, Any]:
