@@ -147,8 +147,10 @@ _HOST_STEPS = """Runs on this machine (same CPU model: it was compiled for {mcpu
 _ONNX_STEPS = """Copy {folder}/ anywhere and run model.onnx with any ONNX runtime, e.g.
   pip install onnxruntime numpy
   python3 run_onnx.py --json result.json
-On a Jetson, TensorRT (JetPack's) builds an engine from model.onnx on the device and caches it:
-  python3 run_onnx.py --tensorrt --fp16 --json nano-trt.json
+With TensorRT 10 (opsets 9-20), an engine is built from model.onnx on the device and cached:
+  python3 run_onnx.py --tensorrt --fp16 --json trt.json
+TensorRT 8.2 (JetPack 4.6) reads opsets up to 13 and 8.6 (JetPack 6.0) up to 17: for a Jetson, export
+--target jetson-nano or jetson-orin-nano, whose model.onnx is opset 13 and checked against TensorRT 8.2.
 """
 _PI_STEPS = """On the Pi (64-bit Raspberry Pi OS, Python >= 3.9, glibc >= 2.28):
   scp -r {folder} pi@raspberrypi:
