@@ -101,7 +101,8 @@ class TensorRtRuntime(Runtime):
         if not parser.parse(onnx_path.read_bytes()):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise RuntimeOpenError(f"TensorRT {trt.__version__} could not parse {onnx_path.name}: {errors[:300]} "
-                                   "(TensorRT 8.2 needs ONNX opset <= 13: re-export with that opset)")
+                                   "(TensorRT 8.2 reads ONNX opsets <= 13, 8.6 <= 17: export for jetson-nano or "
+                                   "jetson-orin-nano, whose model.onnx is opset 13)")
         config = builder.create_builder_config()
         if hasattr(config, "set_memory_pool_limit"):
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
