@@ -93,9 +93,16 @@ def test_folded_preprocessing_graph_is_refused_for_its_uint8_frame(model_small, 
         export_tensorrt_onnx(wrapper, tmp_path / "folded.onnx")
 
 
-def test_paper_setting_graph_is_opset_13_and_tensorrt_ready(model_224, tmp_path):
-    """The paper's model (MobileNetV2 1.0, 224): the same ops, every one in TensorRT 8.2's table."""
+def test_paper_setting_graph_is_opset_13_tensorrt_ready_and_matches_pytorch(model_224, tmp_path):
+    """The paper's model (MobileNetV2 1.0, 224): the same ops, every one in TensorRT 8.2's table, and its logits
+    PyTorch's (ONNX Runtime, the float32 rule for another machine)."""
+    from online_tsm.export.formats.onnx import build_manifest, stream_torch
+
     path = export_tensorrt_onnx(model_224, tmp_path / "paper.onnx")
+    manifest = build_manifest(model_224)
+    frames = frames_for(manifest, 6)
+    reference = stream_torch(model_224, frames)
+    assert FP32.check(stream_onnxruntime(path, manifest, frames), reference, same_machine=False)["passed"]
     graph = onnx.load(str(path))
     assert [(o.domain, o.version) for o in graph.opset_import] == [("", 13)]
     assert {n.op_type for n in graph.graph.node} <= {"Conv", "Clip", "Slice", "Concat", "Add", "ReduceMean", "Gemm"}
