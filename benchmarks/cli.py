@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="export target of the --rpc device (e.g. jetson-nano, raspberry-pi-4)")
     p.add_argument("--import", dest="imports", action="append", metavar="RESULT.json",
                    help="add a result written on a device by the artifact's run.py --json, or the times of "
-                        "trtexec --exportTimes (labelled not verified) (repeatable); "
+                        "trtexec --exportTimes or the log of LiteRT's benchmark_model (labelled not verified) "
+                        "(repeatable); "
                         "without --backends nothing is measured here")
     p.add_argument("--json", metavar="PATH", help="write the full report (samples, machine, targets) as JSON")
     p.add_argument("--markdown", metavar="PATH", help="write the report as Markdown (to paste into an issue)")

@@ -23,7 +23,7 @@ SCHEMA = "online-tsm-device-run/1"
 #: Which paper row a device result sits beside: by the device's own name first, else by the export target.
 PAPER_DEVICE_MATCH: dict[str, dict[str, tuple[str, ...]]] = {
     "NVIDIA Jetson Nano": {"names": ("jetson nano",), "targets": ("jetson-nano",)},
-    "Samsung Galaxy Note8": {"names": ("note8", "sm-n950"), "targets": ("android-arm64",)},
+    "Samsung Galaxy Note8": {"names": ("note8", "sm-n950"), "targets": ("android-arm64", "android-litert")},
 }
 
 
@@ -135,13 +135,17 @@ def imported_row(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
 
 def import_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     """Rows for every ``--import`` file, in order: run.py results, and ``trtexec --exportTimes`` files
-    (:mod:`online_tsm.benchmarks.trtexec`, labelled not verified)."""
+    (:mod:`online_tsm.benchmarks.trtexec`) and LiteRT ``benchmark_model`` logs
+    (:mod:`online_tsm.benchmarks.benchmark_model`), both labelled not verified."""
+    from online_tsm.benchmarks.benchmark_model import benchmark_model_row, read_benchmark_model
     from online_tsm.benchmarks.trtexec import read_trtexec_times, trtexec_row
 
     rows = []
     for path in paths:
         times = read_trtexec_times(path)
-        rows.append(trtexec_row(times, path) if times is not None else imported_row(load_result(path), path))
+        log = read_benchmark_model(path) if times is None else None
+        rows.append(trtexec_row(times, path) if times is not None else benchmark_model_row(log, path)
+                    if log is not None else imported_row(load_result(path), path))
     return rows
 
 
