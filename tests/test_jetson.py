@@ -93,6 +93,14 @@ def test_folded_preprocessing_graph_is_refused_for_its_uint8_frame(model_small, 
         export_tensorrt_onnx(wrapper, tmp_path / "folded.onnx")
 
 
+def test_nano_export_with_folded_preprocessing_fails_saying_what_to_do(small_weights, tmp_path, capsys):
+    assert cli_main(["--weights", str(small_weights), "--target", "jetson-nano", "--fold-preprocess",
+                     "-o", str(tmp_path / "nano")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "graph input 'frame': is UINT8" in err and "export this target without --fold-preprocess" in err
+    assert not (tmp_path / "nano").exists()
+
+
 def test_paper_setting_graph_is_opset_13_tensorrt_ready_and_matches_pytorch(model_224, tmp_path):
     """The paper's model (MobileNetV2 1.0, 224): the same ops, every one in TensorRT 8.2's table, and its logits
     PyTorch's (ONNX Runtime, the float32 rule for another machine)."""

@@ -184,7 +184,13 @@ def export_profile_onnx(profile: str, model: torch.nn.Module, manifest: Manifest
     table = operator_table()
     say(f"exporting the {profile} ONNX graph (opset {opset}, TorchScript exporter) and checking every node "
         f"against onnx-tensorrt's {table['source']['ref']} operator table")
-    path = export_tensorrt_onnx(model, path, opset=opset)
+    try:
+        path = export_tensorrt_onnx(model, path, opset=opset)
+    except ExportError as exc:
+        if not manifest.preprocess.get("folded"):
+            raise
+        raise ExportError(f"{exc} -- the folded pre-processing takes uint8 camera frames, which TensorRT "
+                          f"{table['tensorrt']} cannot hold: export this target without --fold-preprocess") from None
     logits = stream_onnxruntime(path, manifest, frames)
     check = FP32.check(logits, reference, same_machine=False)
     if not check["passed"]:
