@@ -12,7 +12,12 @@ before the build (in the build worker only, :mod:`.cuda_build`):
    intrinsic call without the barrier id that LLVM 22 requires, and the module
    fails LLVM's verifier: the barrier is lowered here to the intrinsic with id
    0 (PTX ``bar.sync 0``); a warp-level sync is lowered to nothing, as TVM's own
-   NVPTX code generator does (warps run in lock-step before Volta);
+   NVPTX code generator does: the last steps of a reduction then rely on the warp
+   running in lock-step over volatile shared memory, which holds on the Nano's
+   Maxwell GPU.  Volta and newer GPUs schedule a warp's threads independently and
+   would want ``bar.warp.sync`` (PTX ISA 6.0), which LLVM emits only for a
+   ``+ptx60`` feature that TVM's ``nvptx`` target cannot pass; so the ``cuda``
+   row's check on a newer GPU (tests/gpu/run.sh) tests this assumption too;
 2. LLVM 22 no longer reads TVM's ``nvvm.annotations`` kernel marks, so every
    kernel comes out as a ``.func`` that no driver can launch: the PTX is mended
    as TVM wraps it into its CUDA module, ``.func`` -> ``.entry`` for exactly
