@@ -17,7 +17,6 @@ architecture, a cross library for the right ELF machine.
 from __future__ import annotations
 
 import os
-import platform
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,12 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from online_tsm.errors import UserError
 from online_tsm.export.formats.folded import DEFAULT_CAMERA_SIZE, FoldedPreprocess
 from online_tsm.export.formats.onnx import ExportError, build_manifest, export_onnx, stream_onnxruntime, stream_torch
 from online_tsm.export.options import ExportOptions, check_options
 from online_tsm.export.reference import REFERENCE_FRAMES, REFERENCE_NAME, frames_for, write_reference
+from online_tsm.export.formats.verified_graphs import VERIFIED_GRAPHS, graph_key, simplify
+from online_tsm.export.source_model import load_export_model, model_name
 from online_tsm.export.staging import discard_out_dir, prepare_out_dir, publish_out_dir
+from online_tsm.export.versions import compiler_versions
 from online_tsm.export.targets import ExportTarget, get_target
 from online_tsm.manifest import Manifest, TensorSpec, write_manifest
 from online_tsm.models import MobileNetV2TSM
@@ -40,47 +41,6 @@ from online_tsm.verification import (DEFAULT_MIN_AGREEMENT, FP32, VerificationRu
 
 ONNX_NAME = "model.onnx"
 README_NAME = "README.txt"
-SHIFT_CHOICES = ("causal", "none")
-
-
-# -- inputs --------------------------------------------------------------------------------
-
-def load_export_model(weights_or_model: Any, input_size: int | None = None, shift: str = "causal") -> MobileNetV2TSM:
-    """The model to export: a path / registry name / :class:`MobileNetV2TSM`, at ``input_size``, TSM or TSN."""
-    from online_tsm.checkpoint import CheckpointError, load_model, model_info
-
-    if shift not in SHIFT_CHOICES:
-        raise UserError(f"shift must be one of {', '.join(SHIFT_CHOICES)}, got {shift!r}")
-    if isinstance(weights_or_model, MobileNetV2TSM):
-        model = weights_or_model
-    elif isinstance(weights_or_model, torch.nn.Module):
-        raise UserError(f"expected a MobileNetV2TSM, a checkpoint path or a weights name, got a "
-                        f"{type(weights_or_model).__name__}")
-    else:
-        try:
-            model = load_model(weights_or_model, input_size=input_size)
-        except CheckpointError as exc:
-            raise UserError(f"cannot read weights {weights_or_model}: {exc}") from None
-    size = int(input_size or model.input_size)
-    if size % 32 or size <= 0:
-        raise UserError(f"--input-size must be a positive multiple of 32, got {size}")
-    blocks = () if shift == "none" else model.shift_blocks
-    if size == model.input_size and tuple(blocks) == tuple(model.shift_blocks):
-        return model.eval()
-    info = model_info(model)
-    rebuilt = MobileNetV2TSM(n_class=model.n_class, width_mult=model.width_mult, input_size=size,
-                             shift_blocks=blocks, fold_div=model.fold_div)
-    rebuilt.load_state_dict(model.state_dict())
-    info.input_size, info.shift_blocks = size, tuple(blocks)
-    rebuilt.info = info
-    return rebuilt.eval()
-
-
-def _model_name(weights_or_model: Any) -> str:
-    if isinstance(weights_or_model, MobileNetV2TSM):
-        return "online-tsm"
-    text = str(weights_or_model)
-    return Path(text).stem.split(".")[0] if os.sep in text or Path(text).suffix else text
 
 
 # -- manifest pieces -------------------------------------------------------------------------
@@ -92,35 +52,6 @@ def _fold_manifest(manifest: Manifest, wrapper: FoldedPreprocess) -> None:
                                camera_size=[h, w], raw_input_shape=[1, h, w, 3], raw_input_dtype="uint8",
                                resize=f"shorter side to {manifest.preprocess['resize_shorter']} (bilinear, in "
                                       "float), centre crop, mean/std, inside the graph")
-
-
-def _compiler_versions(row: ExportTarget, library: Any) -> dict[str, Any]:
-    import onnx
-    import onnxruntime
-    import onnxslim
-
-    versions: dict[str, Any] = {"torch": torch.__version__, "onnx": onnx.__version__,
-                                "onnxslim": getattr(onnxslim, "__version__", "?"),
-                                "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
-    if row.kind != "onnx":
-        from online_tsm.export.tvm.build import tvm_versions
-
-        versions.update(tvm_versions())
-        if library is not None and library.linker:
-            versions["cross_compiler"] = _tool_version(library.linker)
-        if library is not None and library.device_code:
-            versions["cuda_compiler"] = library.device_code.get("compiler")
-    return versions
-
-
-def _tool_version(tool: str) -> str:
-    import subprocess
-
-    try:
-        out = subprocess.run([tool, "--version"], capture_output=True, text=True, timeout=30).stdout
-        return f"{tool}: {out.strip().splitlines()[0]}" if out.strip() else tool
-    except (OSError, subprocess.SubprocessError):
-        return tool
 
 
 # -- the export ------------------------------------------------------------------------------
@@ -166,16 +97,8 @@ def export_artifact(weights_or_model: Any, target: str, out_dir: str | os.PathLi
     model = load_export_model(weights_or_model, input_size, shift)
     staging = prepare_out_dir(out_dir, force)
     try:
-        job = _Job(model, row, staging, say, options, drift_frames=drift_frames)
-        _describe(job, name=_model_name(weights_or_model), shift=shift, fold=fold_preprocess,
-                  camera_size=camera_size, color_order=color_order)
-        _export_onnx_verified(job, opset)
-        _export_profile_onnx(job, opset)
-        _compile(job)
-        _reduce_precision(job)
-        _litert(job)
-        _ship_profile_onnx(job)
-        _finish(job)
+        _export(_Job(model, row, staging, say, options, drift_frames=drift_frames), name=model_name(weights_or_model),
+                shift=shift, opset=opset, fold=fold_preprocess, camera_size=camera_size, color_order=color_order)
         out = publish_out_dir(staging, out_dir)
     except BaseException:
         discard_out_dir(staging)  # a failed export leaves the previous one (or nothing) where it was
@@ -222,6 +145,19 @@ class _Job:
         return diff
 
 
+def _export(job: _Job, *, name: str, shift: str, opset: int | None, fold: bool, camera_size: tuple[int, int],
+            color_order: str) -> None:
+    """The stages, in order, into the staging folder ``job.out``."""
+    _describe(job, name=name, shift=shift, fold=fold, camera_size=camera_size, color_order=color_order)
+    _export_onnx_verified(job, opset)
+    _export_profile_onnx(job, opset)
+    _compile(job)
+    _reduce_precision(job)
+    _litert(job)
+    _ship_profile_onnx(job)
+    _finish(job)
+
+
 def _describe(job: _Job, *, name: str, shift: str, fold: bool, camera_size: tuple[int, int],
               color_order: str) -> None:
     """The manifest's model, inputs and outputs, and the graph to export (pre-processing folded in or not)."""
@@ -242,9 +178,9 @@ def _describe(job: _Job, *, name: str, shift: str, fold: bool, camera_size: tupl
 def _export_onnx_verified(job: _Job, opset: int | None) -> None:
     """``model.onnx`` (simplified) and ``reference.npz``, the graph checked against PyTorch with ONNX Runtime."""
     manifest, say = job.manifest, job.say
-    key = _graph_key(job.graph_model, opset, manifest)
-    if key in _VERIFIED_GRAPHS:
-        graph_bytes, job.reference, diff = _VERIFIED_GRAPHS[key]
+    key = graph_key(job.graph_model, opset, manifest)
+    if key in VERIFIED_GRAPHS:
+        graph_bytes, job.reference, diff = VERIFIED_GRAPHS[key]
         job.onnx_path.write_bytes(graph_bytes)
         say(f"reusing the ONNX graph verified earlier in this process (max abs diff {diff:.2e} vs PyTorch)")
     else:
@@ -254,15 +190,15 @@ def _export_onnx_verified(job: _Job, opset: int | None) -> None:
                else f"input {job.model.input_size})"))
         export_onnx(job.graph_model, job.onnx_path, opset=opset, simplify=False)
         say("simplifying with onnxslim and checking the graph")
-        _simplify(job.onnx_path)
+        simplify(job.onnx_path)
         job.reference = stream_torch(job.graph_model, job.frames)
         say(f"verifying ONNX (ONNX Runtime) against PyTorch over {REFERENCE_FRAMES} streamed frames")
         diff = job.check_against_reference(stream_onnxruntime(job.onnx_path, manifest, job.frames),
                                            "the simplified ONNX graph")
         say(f"ONNX matches PyTorch: max abs diff {diff:.2e} (tolerance {job.tolerance:.1e})")
-        while len(_VERIFIED_GRAPHS) >= 4:
-            _VERIFIED_GRAPHS.pop(next(iter(_VERIFIED_GRAPHS)))
-        _VERIFIED_GRAPHS[key] = (job.onnx_path.read_bytes(), job.reference, diff)
+        while len(VERIFIED_GRAPHS) >= 4:
+            VERIFIED_GRAPHS.pop(next(iter(VERIFIED_GRAPHS)))
+        VERIFIED_GRAPHS[key] = (job.onnx_path.read_bytes(), job.reference, diff)
     write_reference(job.out / REFERENCE_NAME, job.reference, frames_kind=manifest.preprocess["verification_frames"])
     job.roles.update({ONNX_NAME: "onnx", REFERENCE_NAME: "reference"})
 
@@ -298,7 +234,7 @@ def _compile(job: _Job) -> None:
     if options.precision == "int8":
         job.notes.append("int8 runs on ONNX Runtime (model.onnx, QDQ); no TVM library is built for int8")
         return
-    from online_tsm.export.tvm.build import compile_library
+    from online_tsm.export.tvm.build import check_library, compile_library
 
     job.compiled = compiled = compile_library(job.onnx_path, job.manifest, row, job.out, library=options.library,
                                               tune=options.tune, progress=say, precision=options.precision,
@@ -306,7 +242,7 @@ def _compile(job: _Job) -> None:
     job.notes += compiled.notes
     for note in compiled.notes:
         say(f"note: {note}")
-    _check_library(job.out / compiled.filename, row, compiled, say)
+    check_library(job.out / compiled.filename, row, compiled, say)
     job.roles[compiled.filename] = "library"
     if row.runs_here:
         from online_tsm.export.tvm.build import stream_tvm
@@ -372,31 +308,12 @@ def _finish(job: _Job) -> None:
                                tuning=compiled.tuning)
     manifest.target["notes"] = job.notes
     manifest.verification = verification_entry(job.options.precision, job.extra_rules)
-    manifest.compiler = _compiler_versions(row, compiled)
+    manifest.compiler = compiler_versions(row, compiled)
     job.roles[README_NAME] = "readme"
     job.roles.update(add_device_kit(job.out, manifest, row))   # run.py / run_onnx.py: verify and time on the device
     (job.out / README_NAME).write_text(artifact_readme(manifest, row, job.out.name, files=sorted(job.roles),
                                                        roles=job.roles))
     write_manifest(job.out, manifest, job.roles)
-
-
-# Exporting one model for several targets in one process (a script, the test suite) re-uses the
-# verified graph: torch.onnx.export + onnxslim + the parity check cost tens of seconds each time.
-_VERIFIED_GRAPHS: dict[str, tuple[bytes, np.ndarray, float]] = {}
-
-
-def _graph_key(graph_model: torch.nn.Module, opset: int | None, manifest: Manifest) -> str:
-    """Fingerprint of everything the ONNX graph depends on: weights, shapes, pre-processing, opset."""
-    import hashlib
-    import json
-
-    digest = hashlib.sha256()
-    for name, tensor in graph_model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(json.dumps([opset, manifest.preprocess, [s.shape for s in manifest.inputs],
-                              [s.shape for s in manifest.outputs]], sort_keys=True, default=str).encode())
-    return digest.hexdigest()
 
 
 def _fold_shift(job: _Job) -> None:
@@ -425,35 +342,3 @@ def _fold_shift(job: _Job) -> None:
     job.manifest.model["shift_graph"] = "1x1 convolutions (no channel slicing; ONNX Runtime keeps its blocked layout)"
     job.say(f"shift at {count} points expressed as 1x1 convolutions for ONNX Runtime: max abs diff {diff:.2e} vs "
             "PyTorch")
-
-
-def _simplify(onnx_path: Path) -> None:
-    import contextlib
-    import io
-
-    import onnx
-    import onnxslim
-
-    graph = onnx.load(str(onnx_path))
-    with contextlib.redirect_stdout(io.StringIO()):
-        graph = onnxslim.slim(graph)
-    onnx.checker.check_model(graph, full_check=True)
-    onnx.save(graph, str(onnx_path))
-
-
-def _check_library(path: Path, row: ExportTarget, compiled: Any, say: Progress) -> None:
-    """The library's host code must be for the target's machine; CUDA ones must carry device code."""
-    from online_tsm.export.device import elf
-
-    machines = set(elf.library_machines(path).values())
-    expected = row.elf_machine
-    if expected is not None and machines != {expected}:
-        raise ExportError(f"{path.name} holds {', '.join(elf.machine_name(m) for m in machines)} code, expected "
-                          f"{elf.machine_name(expected)} for {row.name}")
-    names = ", ".join(sorted(elf.machine_name(m) for m in machines))
-    if row.kind == "cuda":
-        code = compiled.device_code
-        say(f"library: {names} host code + {code.get('kernels')} CUDA kernels as a {code.get('arch')} "
-            f"{code.get('format')} ({code.get('compiler')})")
-    else:
-        say(f"library: {path.name}, {names} code")

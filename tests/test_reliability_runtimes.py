@@ -169,8 +169,8 @@ def test_force_replaces_an_export_only_once_the_new_one_is_complete(small_weight
     real_export = export_api._export
     seen_during = {}
 
-    def fails_late(model, row, staging, *args, **kwargs):
-        real_export(model, row, staging, *args, **kwargs)
+    def fails_late(job, **kwargs):
+        real_export(job, **kwargs)
         seen_during["old"] = sorted(p.name for p in out.iterdir())  # the old export is still in place
         raise RuntimeError("disk full")
 

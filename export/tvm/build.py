@@ -305,3 +305,21 @@ def stream_tvm(library: str | Path, manifest: Manifest, frames: np.ndarray) -> n
         out.append(by_name[manifest.logits_output].numpy()[0])
         state = {b.input: by_name[b.output] for b in manifest.buffers}
     return np.stack(out)
+
+
+def check_library(path: Path, row: ExportTarget, compiled: Any, say: Say) -> None:
+    """The library's host code must be for the target's machine; CUDA ones must carry device code."""
+    from online_tsm.export.device import elf
+
+    machines = set(elf.library_machines(path).values())
+    expected = row.elf_machine
+    if expected is not None and machines != {expected}:
+        raise CompileError(f"{path.name} holds {', '.join(elf.machine_name(m) for m in machines)} code, expected "
+                          f"{elf.machine_name(expected)} for {row.name}")
+    names = ", ".join(sorted(elf.machine_name(m) for m in machines))
+    if row.kind == "cuda":
+        code = compiled.device_code
+        say(f"library: {names} host code + {code.get('kernels')} CUDA kernels as a {code.get('arch')} "
+            f"{code.get('format')} ({code.get('compiler')})")
+    else:
+        say(f"library: {path.name}, {names} code")
