@@ -25,7 +25,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "tvm": ("online_tsm.runtimes.tvm_backend", "TvmRuntime"),
     "tvm-rpc": ("online_tsm.runtimes.tvm_rpc_backend", "TvmRpcRuntime"),
     "tensorrt": ("online_tsm.runtimes.tensorrt_backend", "TensorRtRuntime"),
-    "triton": ("online_tsm.runtimes.triton_backend", "TritonRuntime"),
+    "triton": ("online_tsm.runtimes.triton.backend", "TritonRuntime"),
     "litert": ("online_tsm.runtimes.litert_backend", "LiteRtRuntime"),
 }
 

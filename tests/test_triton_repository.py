@@ -14,7 +14,7 @@ from online_tsm.manifest import load_manifest
 from online_tsm.export.formats.triton import (ARTIFACT_DIR, ORT_MODEL, PYTHON_MODEL, check_ort_config, export_repository,
                                       parse_config)
 from online_tsm.runtimes import open_runtime
-from online_tsm.runtimes.triton_model import Item, SequenceError, SequenceStates, step_requests
+from online_tsm.runtimes.triton.model import Item, SequenceError, SequenceStates, step_requests
 
 pytest.importorskip("tritonclient.grpc")
 

@@ -23,14 +23,14 @@ from online_tsm.runtimes import RuntimeOpenError, open_runtime
 pytestmark = pytest.mark.slow  # starts real Triton servers (10-30 s each)
 
 pytest.importorskip("tritonclient.grpc")
-triton_server = pytest.importorskip("online_tsm.runtimes.triton_server")
+triton_server = pytest.importorskip("online_tsm.runtimes.triton.server")
 try:
     triton_server.find_triton()
 except Exception as exc:  # noqa: BLE001
     pytest.skip(f"no bundled tritonserver: {exc}", allow_module_level=True)
 
 TOLERANCE = 1e-3
-SERVE = [sys.executable, "-c", "import sys; from online_tsm.runtimes.serve_cli import main; sys.exit(main())"]
+SERVE = [sys.executable, "-c", "import sys; from online_tsm.runtimes.triton.serve_cli import main; sys.exit(main())"]
 
 
 @pytest.fixture(scope="module")
@@ -159,8 +159,7 @@ def test_client_errors_name_the_problem(repo, served):
 def test_missing_extra_is_one_line(repo, monkeypatch, capsys):
     import importlib.util
 
-    from online_tsm.runtimes import serve_cli
-
+    from online_tsm.runtimes.triton import serve_cli as serve_cli
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pytriton" else real(name, *a))
     assert serve_cli.main([str(repo)]) == 2
@@ -170,7 +169,7 @@ def test_missing_extra_is_one_line(repo, monkeypatch, capsys):
 
 
 def test_killed_server_gives_a_clear_error_not_a_hang(repo, local):
-    from online_tsm.runtimes.triton_backend import TritonError
+    from online_tsm.runtimes.triton.backend import TritonError
 
     server = triton_server.TritonServer(repo, grpc_port=triton_server.free_port(),
                                         http_port=triton_server.free_port(), metrics_port=triton_server.free_port())
@@ -221,8 +220,7 @@ def test_killed_server_gives_a_clear_error_not_a_hang(repo, local):
 
 
 def test_folder_without_models_is_one_line(tmp_path, capsys):
-    from online_tsm.runtimes import serve_cli
-
+    from online_tsm.runtimes.triton import serve_cli as serve_cli
     assert serve_cli.main([str(tmp_path), "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"]) == 2
     err = capsys.readouterr().err
     assert err == (f"error: {tmp_path} is not a Triton model repository (no <model>/config.pbtxt); write one with "

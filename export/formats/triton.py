@@ -5,7 +5,7 @@ frame input and logits output, names from ``manifest.json``)::
 
     REPO/README.txt
     REPO/online_tsm/config.pbtxt          python backend: runs on any Triton (also the one in nvidia-pytriton)
-    REPO/online_tsm/1/model.py            -> online_tsm.runtimes.triton_model (per-sequence Streams)
+    REPO/online_tsm/1/model.py            -> online_tsm.runtimes.triton.model (per-sequence Streams)
     REPO/online_tsm/1/artifact/           the exported ONNX artifact (manifest.json, model.onnx, ...)
     REPO/online_tsm_ort/config.pbtxt      onnxruntime backend with Triton implicit state (full Triton servers)
     REPO/online_tsm_ort/1/model.onnx      the same graph, free batch dimension, state names zero-padded
@@ -50,7 +50,7 @@ import site
 for _path in filter(None, os.environ.get("ONLINE_TSM_SYS_PATH", "").split(os.pathsep)):
     site.addsitedir(_path)
 
-from online_tsm.runtimes.triton_model import TritonPythonModel  # noqa: E402,F401
+from online_tsm.runtimes.triton.model import TritonPythonModel  # noqa: E402,F401
 '''
 
 

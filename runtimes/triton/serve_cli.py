@@ -1,6 +1,6 @@
 """``tsm-serve REPO``: serve a Triton model repository (``tsm-export --target triton``) on this machine.
 
-Thin on purpose: the work is in :class:`online_tsm.runtimes.triton_server.TritonServer`.
+Thin on purpose: the work is in :class:`online_tsm.runtimes.triton.server.TritonServer`.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from online_tsm.errors import UserError
 
 
 def parser() -> argparse.ArgumentParser:
-    from online_tsm.runtimes.triton_server import DEFAULT_PORTS
+    from online_tsm.runtimes.triton.server import DEFAULT_PORTS
 
     p = argparse.ArgumentParser(
         prog="tsm-serve", description="Serve a Triton model repository written by 'tsm-export --target triton' "
@@ -38,7 +38,7 @@ def parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from online_tsm.runtimes.base import BackendUnavailable
-    from online_tsm.runtimes.triton_server import ServerError, TritonServer, find_triton, free_port
+    from online_tsm.runtimes.triton.server import ServerError, TritonServer, find_triton, free_port
 
     try:
         find_triton()
