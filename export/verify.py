@@ -195,6 +195,6 @@ def _emulated(directory: Path, target: dict) -> VerifyResult:
     lines = list(getattr(check, "notes", []) or [])
     diff, tolerance, passed = check.max_abs_diff, check.tolerance, bool(check.passed)
     if diff is not None:
-        lines.insert(0, f"aarch64 under qemu, {REFERENCE_FRAMES} streamed frames: max abs diff {diff:.3e} vs "
-                        f"PyTorch (tolerance {tolerance:.1e}): {'PASS' if passed else 'FAIL'}")
+        lines.insert(0, f"aarch64 {check.cpu or 'max'} under qemu, {REFERENCE_FRAMES} streamed frames: max abs diff "
+                        f"{diff:.3e} vs PyTorch (tolerance {tolerance:.1e}): {'PASS' if passed else 'FAIL'}")
     return VerifyResult(directory, target.get("name", "?"), "emulated", passed, diff, tolerance, lines)

@@ -40,6 +40,7 @@ from online_tsm.errors import UserError
 from online_tsm.export.device import elf
 from online_tsm.manifest import Manifest, ManifestError, load_manifest
 from online_tsm.export.reference import read_reference
+from online_tsm.export.device.qemu_cpu import CpuinfoPlan
 from online_tsm.export.device.sysroot import EmulationUnavailable, Sysroot, ensure_sysroot, require_tool
 from online_tsm.progress import Say, stderr_progress
 from online_tsm.export.targets import TARGETS, ExportTarget
@@ -75,10 +76,11 @@ class EmulatedCheck:
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     emulated: bool = True
+    cpu: str | None = None         # qemu's -cpu model: the row's device core (None: qemu's default, max)
 
     def summary(self) -> str:
         """One line for a terminal."""
-        head = f"{self.artifact_dir} [{self.target}, aarch64 under qemu]"
+        head = f"{self.artifact_dir} [{self.target}, aarch64 {self.cpu or 'max'} under qemu]"
         if self.error:
             return f"{head}: FAILED: {self.error}"
         if self.max_abs_diff is None:
@@ -128,6 +130,17 @@ class _Plan:
     folder: Path         # a scratch folder of links to the artifact's files (+ a linked .so for a .tar)
     script: str          # run.py, or the template when the artifact has none
     needs_cuda: bool
+    cpu: str | None = None   # qemu -cpu model
+
+
+def row_cpu(manifest: Manifest) -> str | None:
+    """The CPU model the row names for emulation (``qemu_cpu``); for a manifest older than that field, the
+    current table's row of the same name."""
+    cpu = (manifest.target or {}).get("qemu_cpu")
+    if cpu:
+        return str(cpu)
+    row = next((t for t in TARGETS if t.name == _target_name(manifest)), None)
+    return row.qemu_cpu if row is not None else None
 
 
 def _plan(artifact_dir: Path, n_frames: int, workdir: Path, index: int) -> _Plan:
@@ -135,7 +148,10 @@ def _plan(artifact_dir: Path, n_frames: int, workdir: Path, index: int) -> _Plan
     from online_tsm.export.device.kit import RUN_SCRIPT, SCRIPT_ROLE, TEMPLATE
 
     manifest = load_manifest(artifact_dir)
-    result = EmulatedCheck(artifact_dir=artifact_dir, target=_target_name(manifest), n_frames=n_frames)
+    result = EmulatedCheck(artifact_dir=artifact_dir, target=_target_name(manifest), n_frames=n_frames,
+                           cpu=row_cpu(manifest))
+    if manifest.file_with_role("tflite"):
+        return _plan_litert(artifact_dir, manifest, result, n_frames, workdir, index)
     library_name = manifest.file_with_role("library")
     if library_name is None:
         raise EmulationCheckError(f"{artifact_dir} has no compiled library (a file with role 'library' in "
@@ -174,7 +190,26 @@ def _plan(artifact_dir: Path, n_frames: int, workdir: Path, index: int) -> _Plan
                             "(the file exports for glibc devices ship)")
     else:
         result.notes.append(f"ran the artifact's own {script} under qemu with --no-timing")
-    return _Plan(result, manifest, reference, folder, script, _needs_cuda(manifest))
+    return _Plan(result, manifest, reference, folder, script, _needs_cuda(manifest), result.cpu)
+
+
+def _plan_litert(artifact_dir: Path, manifest: Manifest, result: EmulatedCheck, n_frames: int, workdir: Path,
+                 index: int) -> _Plan:
+    """A LiteRT artifact: nothing compiled to check; its own run_litert.py runs model.tflite with the aarch64
+    LiteRT wheel (the runtime a phone runs)."""
+    from online_tsm.export.device.kit import SCRIPT_ROLE
+
+    script = next((n for n, meta in manifest.files.items() if meta.get("role") == SCRIPT_ROLE), None)
+    if script is None:
+        raise EmulationCheckError(f"{artifact_dir} has no run_litert.py (role 'script'); re-export it")
+    reference = _load_reference(artifact_dir, manifest, n_frames)
+    folder = workdir / f"artifact-{index}"
+    folder.mkdir()
+    for name in [*manifest.files, "manifest.json"]:     # links: the script hashes the artifact's own bytes
+        os.symlink((artifact_dir / name).resolve(), folder / name)
+    result.library = manifest.file_with_role("tflite")
+    result.notes.append(f"ran the artifact's own {script} under qemu with --no-timing")
+    return _Plan(result, manifest, reference, folder, script, False, result.cpu)
 
 
 def _load_reference(artifact_dir: Path, manifest: Manifest, n_frames: int) -> np.ndarray:
@@ -213,7 +248,8 @@ def _link_for_glibc(tar_path: Path, folder: Path, out: Path) -> Path:
 
 
 # -- the emulated process ---------------------------------------------------------------------------
-def _run_emulated(sysroot: Sysroot, plan: _Plan, workdir: Path) -> tuple[dict | None, str]:
+def _run_emulated(sysroot: Sysroot, plan: _Plan, workdir: Path,
+                  cpuinfo: CpuinfoPlan | None = None) -> tuple[dict | None, str]:
     """Run the plan's script under qemu; ``(run.py's JSON or None, how it ended)``.
 
     Raises :class:`EmulationUnavailable` when the emulated interpreter did
@@ -224,7 +260,9 @@ def _run_emulated(sysroot: Sysroot, plan: _Plan, workdir: Path) -> tuple[dict | 
     timeout = 600      # the 224 model takes ~90 s here when the machine is quiet, several times that when not
     try:
         # cwd: a core dump of a crashing library lands in the scratch folder, not in the user's.
-        proc = subprocess.run(sysroot.command(plan.folder / plan.script, *args), env=sysroot.environment(),
+        command = sysroot.command(plan.folder / plan.script, *args, cpu=plan.cpu)
+        command = cpuinfo.wrap(command) if cpuinfo is not None else command
+        proc = subprocess.run(command, env=sysroot.environment(),
                               capture_output=True, text=True, timeout=timeout, cwd=workdir)
         code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
     except subprocess.TimeoutExpired as exc:
@@ -317,14 +355,31 @@ def verify_emulated_many(artifact_dirs: Iterable[str | Path], n_frames: int = 16
             results[i] = plan.result
         if plans:
             sysroot = ensure_sysroot(say)
-            runtime = (f"aarch64 TVM {sysroot.info['wheels'].get('apache-tvm', '?')} runtime under "
-                       f"{Path(sysroot.qemu).name}, Debian {sysroot.info['suite']} {sysroot.info['python']}")
+            cpuinfo: dict[str | None, CpuinfoPlan] = {}
             for plan in plans:
-                say(f"running {plan.result.artifact_dir.name}/{plan.script} with the aarch64 TVM runtime under qemu "
-                    "(slow by design)")
-                data, how = _run_emulated(sysroot, plan, workdir)
-                _record(plan, data, how)
-                plan.result.notes.extend([runtime, EMULATED_TIMING_NOTE])
+                litert = plan.manifest.file_with_role("tflite") is not None
+                wheel = "ai-edge-litert" if litert else "apache-tvm"
+                engine = "LiteRT" if litert else "TVM"
+                runtime = (f"aarch64 {engine} {sysroot.info['wheels'].get(wheel, '?')} runtime under "
+                           f"{Path(sysroot.qemu).name} -cpu {plan.cpu or 'max (qemu default)'}, Debian "
+                           f"{sysroot.info['suite']} {sysroot.info['python']}")
+                if plan.cpu not in cpuinfo:
+                    cpuinfo[plan.cpu] = CpuinfoPlan(sysroot.qemu, sysroot.root, workdir, plan.cpu, sysroot.python)
+                seen = cpuinfo[plan.cpu]
+                if litert and wheel not in sysroot.info["wheels"]:
+                    plan.result.error, plan.result.passed = (
+                        "the emulation environment has no aarch64 ai-edge-litert: install the litert extra here "
+                        "(pip install 'online-tsm[litert]') so that it is added", False)
+                elif litert and seen.mode == "host":
+                    plan.result.error, plan.result.passed = (f"LiteRT's aarch64 wheel cannot start here: "
+                                                             f"{seen.problem}", False)
+                else:
+                    say(f"running {plan.result.artifact_dir.name}/{plan.script} with the {runtime.split(' under')[0]} "
+                        f"on a {plan.cpu or 'max'} CPU under qemu (slow by design)")
+                    data, how = _run_emulated(sysroot, plan, workdir, seen)
+                    _record(plan, data, how)
+                plan.result.notes.extend([f"CPU model: {plan.cpu or 'max (qemu default)'}, the row's device core; "
+                                          f"/proc/cpuinfo: {seen.describe()}", runtime, EMULATED_TIMING_NOTE])
     return [r for r in results if r is not None]
 
 

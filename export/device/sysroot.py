@@ -42,8 +42,12 @@ DEBIAN_ARCH = "arm64"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 MIRROR_ENV = "ONLINE_TSM_DEBIAN_MIRROR"
 WHEEL_PLATFORM = "manylinux_2_28_aarch64"   # manylinux2014_aarch64 finds no apache-tvm wheel
+#: pip does not take a manylinux_2_28 platform to cover 2_27 wheels (ai-edge-litert's aarch64 wheel is 2_27 only)
+WHEEL_PLATFORMS = (WHEEL_PLATFORM, "manylinux_2_27_aarch64")
 #: Python distributions unpacked into the sysroot, at the versions installed on the host.
 WHEELS = ("apache-tvm", "apache-tvm-ffi", "numpy", "ml_dtypes", "typing_extensions")
+#: Added when installed on the host (the litert extra): LiteRT's runtime, for run_litert.py.
+OPTIONAL_WHEELS = ("ai-edge-litert",)
 LAYOUT_VERSION = 1        # bump when the way the sysroot is assembled changes
 READY_FILE = "online-tsm-sysroot.json"
 #: Parts of the Debian packages that the emulated interpreter never reads.
@@ -65,8 +69,10 @@ class Sysroot:
     qemu: str           # path of qemu-aarch64-static
     info: dict          # versions recorded at preparation
 
-    def command(self, script: str | os.PathLike, *args: str) -> list[str]:
-        return [self.qemu, "-L", str(self.root), str(self.python), str(script), *args]
+    def command(self, script: str | os.PathLike, *args: str, cpu: str | None = None) -> list[str]:
+        """qemu running ``script`` on the aarch64 Python; ``cpu``: qemu's ``-cpu`` model (the device's core)."""
+        return [self.qemu, *(["-cpu", cpu] if cpu else []), "-L", str(self.root), str(self.python), str(script),
+                *args]
 
     def environment(self) -> dict[str, str]:
         """A clean environment for the emulated interpreter (no host Python paths leak in)."""
@@ -118,6 +124,11 @@ def wheel_pins() -> dict[str, str]:
             raise EmulationUnavailable(f"Python package {name} is not installed on the host; install online-tsm "
                                        "with its constraints (make setup) so the emulator can match its version") \
                 from None
+    for name in OPTIONAL_WHEELS:
+        try:
+            pins[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
     return pins
 
 
@@ -208,7 +219,7 @@ def _prepare(root: Path, pins: dict[str, str], progress: Say) -> dict:
              f"for {python.name}, ~130 MB")
     env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
     _run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile",
-          "--target", str(root / "opt" / "site"), "--platform", WHEEL_PLATFORM,
+          "--target", str(root / "opt" / "site"), *[f"--platform={p}" for p in WHEEL_PLATFORMS],
           "--python-version", f"{major}.{minor}", "--implementation", "cp", "--abi", tag, "--only-binary=:all:",
           *[f"{name}=={version}" for name, version in pins.items()]],
          f"pip download of the aarch64 wheels for {tag}", env=env)
