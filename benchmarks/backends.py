@@ -49,6 +49,8 @@ BACKEND_PLANS: dict[str, BackendPlan] = {
         BackendPlan("tvm", "tvm", HOST_TVM_TARGET, tuned=False),
         BackendPlan("tvm-tuned", "tvm", HOST_TVM_TARGET),
         BackendPlan("tensorrt", "tensorrt", ONNX_TARGET),
+        # LiteRT (XNNPACK) on the phone row's model.tflite; asked for by name (its conversion takes ~15 s)
+        BackendPlan("litert", "litert", "android-litert", on_by_default=False),
         # what open_runtime(folder) picks by default: the host artifact (ONNX + TVM library), measured and cached
         BackendPlan("auto", "auto", HOST_TVM_TARGET),
         BackendPlan("tvm-rpc", "tvm-rpc", None, remote=True, on_by_default=False),
@@ -113,7 +115,7 @@ def tuning_fingerprint(target: str) -> str | None:
     from online_tsm.export.targets import get_target
 
     row = get_target(target)
-    if row.kind == "onnx":
+    if row.kind not in ("cpu", "cuda"):    # no TVM library: nothing to tune
         return None
     from online_tsm.export.tvm.build import resolve_tvm_target
     from online_tsm.export.tvm.tuning import tuning_dir
