@@ -125,6 +125,7 @@ def test_every_script_in_a_nano_artifact_compiles_under_python_36(python36, nano
 
 
 @pytest.mark.slow
+@pytest.mark.network   # the first run installs the last cp36 wheels from the package index (then cached)
 @pytest.mark.parametrize("command", [["run_onnx.py"], ["run.py", "--engine", "onnxruntime"]])
 def test_nano_artifact_verifies_under_python_36_numpy_1_19_and_onnxruntime_1_10(ort36, nano, tmp_path, command):
     folder = Path(shutil.copytree(nano, tmp_path / "nano"))
@@ -142,6 +143,7 @@ def test_nano_artifact_verifies_under_python_36_numpy_1_19_and_onnxruntime_1_10(
 
 
 @pytest.mark.slow
+@pytest.mark.network   # the first run installs the last cp36 wheels from the package index (then cached)
 @pytest.mark.parametrize("version", ["8.2.1.8", "10.3.0"])
 def test_tensorrt_path_runs_under_python_36_and_numpy_1_13(numpy113, nano, tmp_path, version):
     """JetPack 4.6's own interpreter and numpy: the TensorRT engine code (8.2's API, and 10.x's), verify and timing,
