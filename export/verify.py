@@ -103,6 +103,10 @@ def _static(directory: Path, manifest: Manifest) -> VerifyResult:
         ok, line = recheck_fp16(directory, manifest)
         passed &= ok
         lines.append(line)
+    if (manifest.model.get("onnx_graph") or {}).get("profile") and manifest.file_with_role("onnx"):
+        for ok, line in recheck_profile_onnx(directory, manifest):
+            passed &= ok
+            lines.append(line)
     lines.append(f"numerical verification of {name} needs the device (tsm-bench/runtimes over TVM RPC) "
                  + ("or --emulate (aarch64 under qemu)" if target.get("kind") == "cpu" else
                     "(CUDA kernels cannot run without an NVIDIA GPU)"))
@@ -146,6 +150,30 @@ def check_device_code(library: Path, target: dict) -> tuple[bool, str]:
     text = (f"CUDA device code: {arch} PTX, ISA {', '.join(isas)} (in the bytes), {kernels} kernels; JIT-compiled by "
             f"CUDA drivers >= {minimum} (manifest target.device_code.min_cuda_driver)")
     return not problems, text + (f" -- {'; '.join(problems)}: FAIL" if problems else "")
+
+
+def recheck_profile_onnx(directory: Path, manifest: Manifest) -> list[tuple[bool, str]]:
+    """A row's own ``model.onnx`` (TensorRT 8.2's, for the CUDA rows): its opset and nodes against the operator
+    table again, and its logits against PyTorch's through ONNX Runtime (the float32 rule for another machine,
+    as at export) -- the part of the device's TensorRT route this machine can run."""
+    import onnx
+
+    from online_tsm.export.formats.onnx import stream_onnxruntime
+    from online_tsm.export.formats.onnx_tensorrt import operator_table, tensorrt_problems
+
+    path = directory / _role(manifest, "onnx", directory)
+    profile = manifest.model["onnx_graph"]["profile"]
+    problems = tensorrt_problems(onnx.load(str(path)))
+    table = f"TensorRT {operator_table()['tensorrt']}'s operator table"
+    checks = [(not problems, f"{path.name} ({profile}) against {table}: "
+                             + (f"{'; '.join(str(p) for p in problems[:3])}: FAIL" if problems else "every node: OK"))]
+    frames = frames_for(manifest, REFERENCE_FRAMES)
+    result = manifest.rule("fp32").check(stream_onnxruntime(path, manifest, frames), _reference(directory, manifest),
+                                         same_machine=False)
+    checks.append((result["passed"], f"{path.name} through ONNX Runtime, {len(frames)} streamed frames: max abs diff "
+                                     f"{result['max_abs_diff']:.3e} vs PyTorch (tolerance {result['tolerance']:.1e}, "
+                                     f"{result['rule']}): {'PASS' if result['passed'] else 'FAIL'}"))
+    return checks
 
 
 def recheck_fp16(directory: Path, manifest: Manifest) -> tuple[bool, str]:

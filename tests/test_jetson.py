@@ -5,6 +5,7 @@ Contracts and numerics only; what needs a GPU is in tests/gpu/run.sh.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -140,6 +141,8 @@ def test_nano_verify_reads_the_ptx_isa_from_the_bytes(nano, capsys):
     assert cli_main(["verify", str(nano)]) == 0
     out = capsys.readouterr().out
     assert "sm_53 PTX, ISA 4.2 (in the bytes)" in out and "JIT-compiled by CUDA drivers >= 7.0" in out
+    assert "model.onnx (tensorrt-8.2) against TensorRT 8.2's operator table: every node: OK" in out
+    assert re.search(r"model\.onnx through ONNX Runtime, 16 streamed frames: max abs diff \S+ vs PyTorch .*: PASS", out)
 
 
 def test_verify_fails_when_the_manifest_claims_an_older_driver_than_the_ptx_needs(nano, tmp_path, capsys):
