@@ -120,7 +120,11 @@ def install(tvm_ffi: Any, tirx: Any) -> PtxBuild:
 
     tirx.register_intrin_lowering("tirx.tvm_storage_sync", target="nvptx", f=lower_sync, level=99)
     tvm_ffi.register_global_func("tvm_callback_libdevice_path", lambda arch: str(libdevice), override=True)
-    create = tvm_ffi.get_global_func("ffi.Module.create.cuda")
+    create = tvm_ffi.get_global_func("ffi.Module.create.cuda", allow_missing=True)
+    if create is None:
+        raise PtxError("TVM's CUDA module support did not load (tvm/lib/libtvm_runtime_cuda.so needs CUDA 13's "
+                       "libcudart.so.13 and a libcuda.so.1): install the CUDA 13 runtime (pip install "
+                       "'nvidia-cuda-runtime==13.*') and put its lib folder on LD_LIBRARY_PATH")
 
     def create_module(data, fmt, fmap, source):  # noqa: ANN001, ANN202 -- called by TVM's code generator
         if fmt == "ptx":

@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = library_path_env()
+    os.environ["LD_LIBRARY_PATH"] = env["LD_LIBRARY_PATH"]   # the export's build worker loads TVM's CUDA runtime too
     have_trt = _importable("tensorrt")
     rows: list[dict[str, Any]] = []
     timed = ["--frames", str(args.frames), "--warmup", "20"]
