@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,7 @@ def test_whole_run_with_a_fake_gpu_labels_every_timing_and_skips_tensorrt_when_a
 
     monkeypatch.setattr(check, "find_gpu", lambda: check.parse_gpus(SMI)[0])
     monkeypatch.setattr(check, "_importable", lambda name: False)
+    monkeypatch.setenv("LD_LIBRARY_PATH", os.environ.get("LD_LIBRARY_PATH", ""))   # main() extends it; restored
     exported, runs = [], []
 
     def fake_export(model, target, out, **kwargs):
