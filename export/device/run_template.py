@@ -813,6 +813,36 @@ def run(argv, say) -> int:
 
 def _run(args, folder: str, result: dict, say) -> int:
     manifest = read_manifest(folder)
+    engine_name, device = _engine_and_device(args, manifest)
+    target = manifest.get("target") or {}
+    _describe_artifact(result, folder, manifest, args, engine_name, device)
+    cores = physical_cores()    # before any runtime starts: TVM's pool pins this thread to one core
+    result["machine"] = machine_description(None, cores)
+    emulated = emulation_evidence()
+    if emulated and not args.no_timing:
+        raise RunError("timing", f"refusing to time under emulation ({emulated}): the numbers would say nothing "
+                                 "about a device; pass --no-timing to verify only")
+    result["artifact"]["files"] = check_files(folder, manifest)
+    say(f"sha256 of {len(result['artifact']['files'])} files: OK")
+    np = _need("numpy", "pip install numpy")
+    reference, n_verify = _read_reference(np, folder, manifest, args.verify_frames)
+    if engine_name == "tvm" and device == "cuda":
+        result["cuda_driver"] = check_cuda_driver(target)
+    engine = _open_engine(np, args, folder, manifest, engine_name, device, cores, result, say)
+    result["machine"] = machine_description(engine, cores)
+    say(f"engine: {engine.description}")
+    _verify_or_refuse(np, engine, manifest, reference, n_verify, engine_name, device, args, result, say)
+    if args.no_timing:
+        result["status"] = "verified"
+        result["notes"].append("--no-timing: verified only, not timed")
+        return 0
+    _time(np, engine, manifest, reference, args, result, say)
+    result["status"] = "ok"
+    return 0
+
+
+def _engine_and_device(args, manifest: dict) -> tuple:
+    """The engine and device this run uses, and the arguments checked against them."""
     engine_name = "tensorrt" if args.tensorrt else (args.engine or _defaults(manifest)[0])
     device = "cuda" if engine_name == "tensorrt" else (args.device or _default_device(manifest, engine_name))
     if args.fp16 and engine_name != "tensorrt":
@@ -821,26 +851,24 @@ def _run(args, folder: str, result: dict, say) -> int:
                                ("--threads", args.threads or 1, 1)):
         if value < least:
             raise RunError("arguments", f"{flag} must be at least {least}, got {value}")
-    target = manifest.get("target") or {}
+    return engine_name, device
+
+
+def _describe_artifact(result: dict, folder: str, manifest: dict, args, engine_name: str, device: str) -> None:
+    """What the JSON result says of the artifact and the settings, written before anything can fail."""
     result["artifact"].update(
-        manifest_sha256=sha256_of(os.path.join(folder, MANIFEST_NAME)), target=target, model={
-            k: v for k, v in manifest.get("model", {}).items() if k != "labels"},
+        manifest_sha256=sha256_of(os.path.join(folder, MANIFEST_NAME)), target=manifest.get("target") or {},
+        model={k: v for k, v in manifest.get("model", {}).items() if k != "labels"},
         input={"shape": next(s["shape"] for s in manifest["inputs"] if s["name"] == manifest["frame_input"]),
                "input_size": manifest["preprocess"].get("input_size"),
                "folded": bool(manifest["preprocess"].get("folded"))},
         compiler=manifest.get("compiler", {}))
     result["settings"] = {"engine": engine_name, "device": device, "frames": args.frames, "warmup": args.warmup,
                           "threads": args.threads, "fp16": bool(args.fp16)}
-    cores = physical_cores()    # before any runtime starts: TVM's pool pins this thread to one core
-    result["machine"] = machine_description(None, cores)
-    emulated = emulation_evidence()
-    if emulated and not args.no_timing:
-        raise RunError("timing", f"refusing to time under emulation ({emulated}): the numbers would say nothing "
-                                 "about a device; pass --no-timing to verify only")
 
-    result["artifact"]["files"] = check_files(folder, manifest)
-    say(f"sha256 of {len(result['artifact']['files'])} files: OK")
-    np = _need("numpy", "pip install numpy")
+
+def _read_reference(np, folder: str, manifest: dict, verify_frames) -> tuple:
+    """``(reference logits, frames to verify)`` from ``reference.npz``, one line when it is unreadable."""
     reference_name = file_with_role(manifest, "reference") or "reference.npz"
     try:
         with np.load(os.path.join(folder, reference_name), allow_pickle=False) as data:
@@ -848,13 +876,17 @@ def _run(args, folder: str, result: dict, say) -> int:
     except (OSError, ValueError, KeyError) as exc:
         raise RunError("reference", f"{reference_name} is not a readable reference (expected an .npz with "
                                     f"'logits'): {exc}")
-    n_verify = reference.shape[0] if args.verify_frames is None else args.verify_frames
+    n_verify = reference.shape[0] if verify_frames is None else verify_frames
     if not 1 <= n_verify <= reference.shape[0]:
         raise RunError("arguments", f"--verify-frames must be between 1 and {reference.shape[0]} (the frames in "
                                     f"{reference_name}), got {n_verify}")
+    return reference, n_verify
 
-    if engine_name == "tvm" and device == "cuda":
-        result["cuda_driver"] = check_cuda_driver(target)
+
+def _open_engine(np, args, folder: str, manifest: dict, engine_name: str, device: str, cores: int, result: dict,
+                 say):
+    """The engine over the artifact's file for it: the TVM library, model.tflite or model.onnx."""
+    target = manifest.get("target") or {}
     if engine_name == "tvm":
         library, note = library_path(folder, manifest, "gcc -shared -o model.so objs/*.o -lm after "
                                                        "mkdir objs && tar -xf model.tar -C objs (see README.txt)")
@@ -867,30 +899,30 @@ def _run(args, folder: str, result: dict, say) -> int:
                                            f"{target.get('name', '?')}), or export for this machine")
         threads = args.threads or (cores if device == "cpu" else None)
         result["settings"]["threads"] = threads
-        engine = TvmEngine(np, manifest, library, device, threads)
-    elif engine_name == "litert":
+        return TvmEngine(np, manifest, library, device, threads)
+    if engine_name == "litert":
         tflite_name = file_with_role(manifest, "tflite")
         if tflite_name is None or device != "cpu":
             raise RunError("library", "the litert engine runs model.tflite (role 'tflite') on the CPU; this "
                                       "artifact has none" if tflite_name is None else "the litert engine runs on "
                                       "the CPU here (--device cpu); its GPU delegate is timed with benchmark_model")
         result["settings"]["threads"] = args.threads or cores
-        engine = LiteRtEngine(np, manifest, os.path.join(folder, tflite_name), args.threads or cores)
-    else:
-        onnx_name = file_with_role(manifest, "onnx")
-        if onnx_name is None:
-            raise RunError("library", "this artifact has no model.onnx (role 'onnx' in manifest.json)")
-        onnx_path = os.path.join(folder, onnx_name)
-        if engine_name == "onnxruntime":
-            engine = OnnxRuntimeEngine(np, manifest, onnx_path, device, args.threads)
-        else:
-            engine = TensorRtEngine(np, manifest, onnx_path, args.fp16, say)
-    result["machine"] = machine_description(engine, cores)
-    say(f"engine: {engine.description}")
+        return LiteRtEngine(np, manifest, os.path.join(folder, tflite_name), args.threads or cores)
+    onnx_name = file_with_role(manifest, "onnx")
+    if onnx_name is None:
+        raise RunError("library", "this artifact has no model.onnx (role 'onnx' in manifest.json)")
+    onnx_path = os.path.join(folder, onnx_name)
+    if engine_name == "onnxruntime":
+        return OnnxRuntimeEngine(np, manifest, onnx_path, device, args.threads)
+    return TensorRtEngine(np, manifest, onnx_path, args.fp16, say)
 
+
+def _verify_or_refuse(np, engine, manifest: dict, reference, n_verify: int, engine_name: str, device: str, args,
+                      result: dict, say) -> None:
+    """Stream the reference frames and judge them by the manifest's rule; a build that fails is not timed."""
+    machine = str((manifest.get("target") or {}).get("machine", "")).lower()
     # LiteRT's kernels sum in another order than PyTorch's on any CPU: judged as another machine, as at export
-    same = device == "cpu" and engine_name != "litert" and host_arch() == MACHINE_ALIASES.get(str(target.get("machine", "")).lower(),
-                                                                  str(target.get("machine", "")).lower())
+    same = device == "cpu" and engine_name != "litert" and host_arch() == MACHINE_ALIASES.get(machine, machine)
     precision = run_precision(manifest, engine_name, args.fp16)
     result["settings"]["precision"] = precision
     check = verify(np, engine, manifest, reference, n_verify, tolerance_rule(manifest, same, precision=precision))
@@ -904,11 +936,10 @@ def _run(args, folder: str, result: dict, say) -> int:
                                        f"agreement {check['top1_agreement']:.0%} against the rule {check['rule']} "
                                        f"= {check['tolerance']:.3g}: this build does not compute what PyTorch "
                                        "computed, so it is not timed")
-    if args.no_timing:
-        result["status"] = "verified"
-        result["notes"].append("--no-timing: verified only, not timed")
-        return 0
 
+
+def _time(np, engine, manifest: dict, reference, args, result: dict, say) -> None:
+    """Per-frame wall time with buffers carried, and TVM's own device timing where the engine has it."""
     frames = verification_frames(np, manifest, min(8, reference.shape[0]))
     timing = time_frames(np, engine, frames, args.warmup, args.frames)
     result["timing"] = timing
@@ -922,8 +953,6 @@ def _run(args, folder: str, result: dict, say) -> int:
                 f"(median {result['device_timing']['median_ms']:.2f})")
         except Exception as exc:  # noqa: BLE001 -- an extra figure must not sink the run
             result["notes"].append(f"TVM time_evaluator not available: {_first_line(exc)}")
-    result["status"] = "ok"
-    return 0
 
 
 def main(argv=None) -> int:
