@@ -145,8 +145,8 @@ def test_unknown_choice_is_one_clear_line(small_artifact, cache, monkeypatch):
     monkeypatch.setenv(ENV_CHOICE, "openvino")
     with pytest.raises(RuntimeOpenError) as exc:
         resolve_auto(small_artifact)
-    assert str(exc.value) == (f"{ENV_CHOICE} names 'openvino'; expected one of onnxruntime, tvm (or unset it to "
-                              "measure)")
+    assert str(exc.value) == (f"{ENV_CHOICE} names 'openvino'; expected one of onnxruntime, tvm, litert (or unset "
+                              "it to measure)")
 
 
 def test_a_forced_backend_that_cannot_run_says_why(small_artifact, cache, tmp_path):
