@@ -96,7 +96,7 @@ def _main(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     cfg = config_from_args(args)
     command = "tsm-bench" + ("" if not argv else " " + " ".join(shlex.quote(a) for a in argv))
     if args.imports:
-        from online_tsm.benchmarks.imported import import_only_report, import_results
+        from online_tsm.benchmarks.device_results.reader import import_only_report, import_results
 
         rows = import_results(args.imports)   # a bad file is reported before anything is measured
         if not (args.backends or args.rpc):

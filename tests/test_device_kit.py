@@ -307,7 +307,7 @@ def _device_record(base: dict, device_model: str | None, target: str, width: flo
     (None, "jetson-nano", 13.0, "the paper's device for target jetson-nano"),
     (None, "android-arm64", 35.0, "the paper's device for target android-arm64")])
 def test_imported_row_sits_beside_the_papers_row_for_that_device(host_result, device_model, target, paper_ms, match):
-    from online_tsm.benchmarks.imported import imported_row
+    from online_tsm.benchmarks.device_results.reader import imported_row
     from online_tsm.benchmarks.report import imported_rows
 
     data = _device_record(host_result["json"], device_model, target, 1.0, 224)

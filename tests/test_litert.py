@@ -146,7 +146,7 @@ INFO: Inference timings in us: Init: 119515, First inference: 87112, Warmup (avg
 
 
 def test_benchmark_model_logs_parse_in_both_shapes():
-    from online_tsm.benchmarks.benchmark_model import benchmark_model_timing, parse_benchmark_model
+    from online_tsm.benchmarks.device_results.benchmark_model import benchmark_model_timing, parse_benchmark_model
 
     old = parse_benchmark_model(OLD_LOG)
     assert old["summary"] == {"init_us": 17187.0, "first_us": 3512391.0, "warmup_avg_us": 3.51239e6,
@@ -167,7 +167,7 @@ def test_benchmark_model_logs_parse_in_both_shapes():
 
 def test_import_puts_a_benchmark_model_log_beside_the_note8_labelled_not_verified(tmp_path, capsys):
     from online_tsm.benchmarks.cli import main as bench_main
-    from online_tsm.benchmarks.imported import import_results
+    from online_tsm.benchmarks.device_results.reader import import_results
 
     folder = tmp_path / "phone"
     folder.mkdir()

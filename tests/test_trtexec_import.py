@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from online_tsm.benchmarks.cli import main as bench_main
-from online_tsm.benchmarks.imported import import_results
+from online_tsm.benchmarks.device_results.reader import import_results
 from online_tsm.benchmarks.report import imported_rows
-from online_tsm.benchmarks.trtexec import LABEL, read_trtexec_times
+from online_tsm.benchmarks.device_results.trtexec import LABEL, read_trtexec_times
 from online_tsm.errors import UserError
 
 LATENCIES = [14.0, 12.0, 13.0, 15.0, 11.0]

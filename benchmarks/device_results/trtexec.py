@@ -28,7 +28,7 @@ _KEYS = ("latencyMs", "computeMs")
 
 def read_trtexec_times(path: str | Path) -> list[dict[str, Any]] | None:
     """The records of a ``trtexec --exportTimes`` file, or None when ``path`` is something else (a run.py result
-    or an unreadable file: :func:`online_tsm.benchmarks.imported.load_result` then says what is wrong)."""
+    or an unreadable file: :func:`online_tsm.benchmarks.device_results.reader.load_result` then says what is wrong)."""
     try:
         data = json.loads(Path(path).expanduser().read_text())
     except (OSError, ValueError, UnicodeDecodeError):
@@ -87,8 +87,8 @@ def _artifact_beside(path: Path) -> dict[str, Any]:
 
 
 def trtexec_row(records: list[dict[str, Any]], path: str | Path) -> dict[str, Any]:
-    """One report row (the shape :func:`online_tsm.benchmarks.imported.imported_row` gives) for trtexec times."""
-    from online_tsm.benchmarks.imported import model_label, paper_row_for
+    """One report row (the shape :func:`online_tsm.benchmarks.device_results.reader.imported_row` gives) for trtexec times."""
+    from online_tsm.benchmarks.device_results.reader import model_label, paper_row_for
 
     path = Path(path)
     timing, device_timing = trtexec_timing(records, path)

@@ -106,9 +106,9 @@ def _engine(parameters: dict[str, str]) -> str:
 
 
 def benchmark_model_row(parsed: dict[str, Any], path: str | Path) -> dict[str, Any]:
-    """One report row (the shape :func:`online_tsm.benchmarks.imported.imported_row` gives) for a log."""
-    from online_tsm.benchmarks.imported import model_label, paper_row_for
-    from online_tsm.benchmarks.trtexec import _artifact_beside
+    """One report row (the shape :func:`online_tsm.benchmarks.device_results.reader.imported_row` gives) for a log."""
+    from online_tsm.benchmarks.device_results.reader import model_label, paper_row_for
+    from online_tsm.benchmarks.device_results.trtexec import _artifact_beside
 
     path = Path(path)
     timing = benchmark_model_timing(parsed, path)

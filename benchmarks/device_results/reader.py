@@ -135,10 +135,10 @@ def imported_row(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
 
 def import_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     """Rows for every ``--import`` file, in order: run.py results, and ``trtexec --exportTimes`` files
-    (:mod:`online_tsm.benchmarks.trtexec`) and LiteRT ``benchmark_model`` logs
-    (:mod:`online_tsm.benchmarks.benchmark_model`), both labelled not verified."""
-    from online_tsm.benchmarks.benchmark_model import benchmark_model_row, read_benchmark_model
-    from online_tsm.benchmarks.trtexec import read_trtexec_times, trtexec_row
+    (:mod:`online_tsm.benchmarks.device_results.trtexec`) and LiteRT ``benchmark_model`` logs
+    (:mod:`online_tsm.benchmarks.device_results.benchmark_model`), both labelled not verified."""
+    from online_tsm.benchmarks.device_results.benchmark_model import benchmark_model_row, read_benchmark_model
+    from online_tsm.benchmarks.device_results.trtexec import read_trtexec_times, trtexec_row
 
     rows = []
     for path in paths:
