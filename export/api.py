@@ -90,6 +90,10 @@ def export_artifact(weights_or_model: Any, target: str, out_dir: str | os.PathLi
     from online_tsm.export.precision.options import calibration_for
 
     options = replace(options, calibration=calibration_for(options.precision, weights_or_model, calibration))
+    if row.kind == "litert":
+        from online_tsm.export.formats.litert import require_converter
+
+        require_converter()   # a missing extra is one line before any work
     if library == "so" and row.cross and row.find_linker() is None:
         from online_tsm.export.tvm.build import _choose_suffix
 

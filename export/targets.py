@@ -168,14 +168,15 @@ android_rpc apps build it with the NDK), or push it to a device running the TVM 
 """
 _LITERT_STEPS = """Android, nothing to build: time it with LiteRT's prebuilt benchmark_model for Android (arm64), over adb.
 It feeds random inputs, so it times the model but does not check its numbers (verified: run_litert.py, below):
-  adb push {folder}/model.tflite /data/local/tmp/
+  cd {folder}          # the logs land beside manifest.json, which names the model for tsm-bench
+  adb push model.tflite /data/local/tmp/
   adb push benchmark_model /data/local/tmp/ && adb shell chmod +x /data/local/tmp/benchmark_model
   adb shell /data/local/tmp/benchmark_model --graph=/data/local/tmp/model.tflite --num_threads=4 \\
       --use_xnnpack=true | tee phone-cpu.txt
   adb shell /data/local/tmp/benchmark_model --graph=/data/local/tmp/model.tflite --use_gpu=true | tee phone-gpu.txt
-  tsm-bench --import phone-cpu.txt phone-gpu.txt      # beside the paper's Galaxy Note8 figure
+  tsm-bench --import phone-cpu.txt --import phone-gpu.txt    # beside the paper's Galaxy Note8 figure
 In an app: LiteRT's Interpreter, signature "serving_default"; feed frame and shift_k by name, carry shift_out_k.
-A phone or board with a Linux userland and Python >= 3.9 (Termux, a Raspberry Pi) checks and times it itself:
+A phone or board with a Linux userland and Python >= 3.10 (Termux, a Raspberry Pi) checks and times it itself:
   pip install ai-edge-litert numpy
   python3 run_litert.py --json phone.json
 """

@@ -55,6 +55,7 @@ def test_row_is_data_with_its_aliases_precisions_and_cpu_model():
     assert row.kind == "litert" and row.qemu_cpu == "cortex-a53" and row.precisions == ("fp32", "fp16", "int8")
     assert row.runs_here and row.emulated and not row.needs_ndk
     assert "benchmark_model --graph=" in row.device_steps and "--use_gpu=true" in row.device_steps
+    assert "--import phone-cpu.txt --import phone-gpu.txt" in row.device_steps
     assert "--num_threads=4" in row.device_steps and "--use_xnnpack=true" in row.device_steps
     assert get_target("raspberry-pi-4").qemu_cpu == "cortex-a72" and get_target("jetson-nano").qemu_cpu == \
         "cortex-a57" and get_target("android-arm64").qemu_cpu == "cortex-a53"
@@ -71,7 +72,8 @@ def test_row_refuses_options_it_does_not_take():
     check_options(row, ExportOptions(precision="fp16"))
 
 
-def test_missing_converter_is_one_line_naming_the_extra(monkeypatch):
+def test_missing_converter_is_one_line_naming_the_extra(monkeypatch, tmp_path, capsys):
+    from online_tsm.export.cli import main as export_main
     from online_tsm.export.formats import litert
 
     monkeypatch.setitem(sys.modules, "litert_torch", None)   # import litert_torch -> ImportError
@@ -79,6 +81,9 @@ def test_missing_converter_is_one_line_naming_the_extra(monkeypatch):
         litert.require_converter()
     message = str(info.value)
     assert "\n" not in message and "pip install 'online-tsm[litert]'" in message and "--no-deps" in message
+    assert export_main(["--target", "tflite", "-o", str(tmp_path / "phone")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'online-tsm[litert]'" in err and not (tmp_path / "phone").exists()
 
 
 def test_missing_runtime_is_one_line_naming_the_extra(monkeypatch, tmp_path):
