@@ -366,13 +366,16 @@ def format_table() -> str:
     for t in TARGETS:
         if t.kind == "onnx":
             lib = "-"
+        elif t.kind == "litert":
+            lib = "- (model.tflite)"
         elif not t.cross:
             lib = "model.so"
         elif t.needs_ndk:
             lib = f"model.tar (.so with ${t.linker_env})"
         else:
             lib = f"model.so ({t.linker}) / .tar"
-        rows.append((t.name, t.kind, t.triple or "this machine", lib, t.description))
+        host = "any (portable)" if t.kind == "litert" else t.triple or "this machine"
+        rows.append((t.name, t.kind, host, lib, t.description))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
     lines.insert(1, "-" * max(len(line) for line in lines))

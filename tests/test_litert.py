@@ -61,6 +61,14 @@ def test_row_is_data_with_its_aliases_precisions_and_cpu_model():
         "cortex-a57" and get_target("android-arm64").qemu_cpu == "cortex-a53"
 
 
+def test_targets_table_shows_a_portable_model_file(capsys):
+    from online_tsm.export.cli import main as export_main
+
+    assert export_main(["--list-targets"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("android-litert"))
+    assert "model.tflite" in line and "model.so" not in line and "this machine" not in line
+
+
 def test_row_refuses_options_it_does_not_take():
     from online_tsm.export.options import ExportOptions, check_options
 
