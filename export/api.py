@@ -87,7 +87,7 @@ def export_artifact(weights_or_model: Any, target: str, out_dir: str | os.PathLi
     options = ExportOptions(precision=precision, tune=tune, library=library, calibration=calibration,
                             min_agreement=min_agreement, ort_shift=ort_shift, tuning_records=tuning_records)
     check_options(row, options)
-    from online_tsm.export.precision.options import calibration_for
+    from online_tsm.export.precision.int8 import calibration_for
 
     options = replace(options, calibration=calibration_for(options.precision, weights_or_model, calibration))
     if row.kind == "litert":
@@ -266,15 +266,18 @@ def _reduce_precision(job: _Job) -> None:
     if options.ort_shift == "conv":
         _fold_shift(job)
     if options.precision == "fp16":
-        from online_tsm.export.precision.options import check_fp16
+        from online_tsm.export.tvm.mixed_precision import check_fp16
 
         manifest.model["fp16_check"] = check_fp16(job.onnx_path, manifest, job.frames, job.reference, job.say)
     if options.precision == "int8":
-        from online_tsm.export.precision.options import export_int8
+        import tempfile
 
-        quantization = export_int8(job.model, job.onnx_path, manifest, job.frames, job.reference, job.say,
-                                   calibration=str(options.calibration), min_agreement=options.min_agreement,
-                                   drift_frames=job.drift_frames)
+        from online_tsm.export.precision.int8 import export_onnx_int8
+
+        with tempfile.TemporaryDirectory(prefix="online-tsm-int8-") as tmp:
+            quantization = export_onnx_int8(job.model, job.onnx_path, manifest, job.frames, job.reference, job.say,
+                                            calibration=str(options.calibration), workdir=Path(tmp),
+                                            min_agreement=options.min_agreement, drift_frames=job.drift_frames)
         manifest.model["quantization"] = quantization
         measured = quantization["verification"]
         job.extra_rules["int8"] = measured_int8_rule(measured["max_abs_diff"], measured["top1_agreement"])

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from online_tsm.errors import UserError
-from online_tsm.manifest import Manifest, write_manifest
+from online_tsm.manifest import Manifest
 from online_tsm.messages import first_line
 from online_tsm.verification import FP16, FP32
 
@@ -176,14 +176,6 @@ def stream_litert(path: Path, manifest: Manifest, frames: np.ndarray, threads: i
     return np.stack(out)
 
 
-def _folder_with(model_file: Path, manifest: Manifest, folder: Path) -> Path:
-    """A minimal artifact folder (``model.tflite`` + manifest) so that ``open_runtime`` can stream it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(model_file, folder / TFLITE_NAME)
-    write_manifest(folder, manifest, {TFLITE_NAME: "tflite"})
-    return folder
-
-
 def export_tflite(graph_model: torch.nn.Module, model: torch.nn.Module, manifest: Manifest, out: Path,
                   frames: np.ndarray, reference: np.ndarray, say: Say, *, precision: str,
                   calibration: str | None = None, min_agreement: float = 0.98,
@@ -239,51 +231,21 @@ def export_tflite(graph_model: torch.nn.Module, model: torch.nn.Module, manifest
 def _int8(model: torch.nn.Module, fp32_path: Path, path: Path, manifest: Manifest, frames: np.ndarray,
           reference: np.ndarray, say: Say, *, calibration: str, min_agreement: float, drift_frames: int | None,
           folder: Path) -> dict[str, Any]:
-    """The int8 model, calibrated and gated exactly as the ONNX int8 (shared calibration and agreement code)."""
-    from online_tsm.export.precision.calibration import load_calibration
-    from online_tsm.export.precision.options import HELD_OUT_CLIPS
-    from online_tsm.export.precision.quantize import DRIFT_FRAMES, measure_agreement, record_feeds, \
-        verification_check
-    from online_tsm.pacing import pace_from_metadata
-    from online_tsm.runtimes import open_runtime
-    from online_tsm.torch_threads import torch_threads
+    """The int8 model, calibrated and gated exactly as the ONNX int8 (:mod:`..precision.int8`)."""
+    from online_tsm.export.precision.int8 import Int8Format, calibrated_int8, quantization_entry
 
-    every = pace_from_metadata(manifest.model).every
-    split = manifest.model.get("training_split") or {}
-    data = load_calibration(calibration, manifest.labels, every=every, n_held_out=HELD_OUT_CLIPS,
-                            seed=int(split.get("seed", 0)), val_fraction=split.get("val_fraction"))
-    n_cal = sum(len(c.frames) for c in data.calibration)
-    say(f"int8 calibration data: {data.description}")
-    with open_runtime(_folder_with(fp32_path, manifest, folder / "fp32"), "litert", threads=1) as fp32_rt:
-        say(f"calibrating: {len(data.calibration)} clips, {n_cal} frames streamed with buffers carried "
-            f"(one frame in {every})")
-        feeds = record_feeds(fp32_rt, data.calibration)
-    say(f"quantizing with ai-edge-quantizer: {INT8_RECIPE}; frame, buffers and logits stay float32")
-    int8_file = int8_model(fp32_path, feeds, folder / "int8.tflite")
-    with torch_threads(1):
-        with open_runtime(_folder_with(int8_file, manifest, folder / "int8"), "litert", threads=1) as int8_rt, \
-                open_runtime(model, "torch", threads=1) as torch_rt:
-            say(f"agreement: {len(data.held_out)} held-out clips through int8 and float32 PyTorch")
-            agreement = measure_agreement(int8_rt, torch_rt, data.held_out, data=data.description,
-                                          drift_frames=DRIFT_FRAMES if drift_frames is None else drift_frames,
-                                          progress=say)
-    for line in agreement.lines():
-        say(line)
-    if agreement.gate() < min_agreement:
-        raise LiteRtError(f"the int8 LiteRT model agrees with float32 on {agreement.gate():.1%} of held-out frames "
-                          f"(last frames {agreement.top1_agreement_last_frame:.1%}), below --min-agreement "
-                          f"{min_agreement:.0%}; calibrate on data closer to what the model sees, or accept it with "
-                          f"--min-agreement {max(0.0, np.floor(agreement.gate() * 100) / 100):.2f}")
-    check = verification_check(stream_litert(int8_file, manifest, frames), reference[:len(frames)])
-    shutil.copyfile(int8_file, path)
-    say(f"int8 on the {len(frames)} verification frames: max |logit diff| {check['max_abs_diff']:.3f} vs float32, "
-        f"top-1 agreement {check['top1_agreement']:.0%} (tsm-export verify re-checks these)")
-    return {"format": "LiteRT full integer (ai-edge-quantizer)", "activations": "int8 per-tensor (asymmetric)",
-            "weights": "int8 per-channel (symmetric)", "weight_bits": 8, "ranges": "calibration min/max",
-            "float32_nodes": "classifier (FULLY_CONNECTED); frame, shift buffers and logits at the boundary",
-            "calibration": {"data": data.description, "clips": len(data.calibration), "frames": n_cal,
-                            "every": every},
-            "min_agreement": min_agreement, "agreement": agreement.to_dict(), "verification": check}
+    fmt = Int8Format(TFLITE_NAME, "tflite", "litert", quantize=int8_model, stream=stream_litert,
+                     open_options={"threads": 1})
+    result = calibrated_int8(model, fp32_path, manifest, frames, reference, say, fmt, calibration=calibration,
+                             min_agreement=min_agreement, drift_frames=drift_frames, workdir=folder,
+                             quantizing=f"quantizing with ai-edge-quantizer: {INT8_RECIPE}; frame, buffers and "
+                                        "logits stay float32")
+    shutil.copyfile(result.path, path)
+    return quantization_entry(result, min_agreement, format="LiteRT full integer (ai-edge-quantizer)",
+                              activations="int8 per-tensor (asymmetric)", weights="int8 per-channel (symmetric)",
+                              weight_bits=8, ranges="calibration min/max",
+                              float32_nodes="classifier (FULLY_CONNECTED); frame, shift buffers and logits at the "
+                                            "boundary")
 
 
 def _check_signature(path: Path, manifest: Manifest) -> None:

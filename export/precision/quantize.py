@@ -65,7 +65,7 @@ def record_feeds(runtime: Runtime, clips: Sequence[CalibrationClip]) -> list[dic
 
 
 def quantize_int8(fp32_onnx: Path, feeds: list[dict[str, np.ndarray]], out: Path, *,
-                  seven_bit_weights: bool = False) -> None:
+                  seven_bit_weights: bool = False) -> Path:
     """Write the U8S8 QDQ model of ``fp32_onnx`` calibrated on ``feeds`` (percentile ranges) to ``out``.
 
     ``seven_bit_weights`` quantizes the weights to [-64, 64] (ORT's ``reduce_range``), which CPUs whose int8
@@ -114,6 +114,7 @@ def quantize_int8(fp32_onnx: Path, feeds: list[dict[str, np.ndarray]], out: Path
                                            "CalibStridedMinMax": chunk})
     finally:
         logging.getLogger().removeFilter(advice)
+    return out
 
 
 class _DropAdvice(logging.Filter):

@@ -18,6 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from online_tsm.export.tvm.build import CompileError
+from online_tsm.manifest import Manifest
+from online_tsm.progress import Say
 from online_tsm.verification import FP16
 
 
@@ -60,3 +63,17 @@ def measure_fp16(onnx_path: Path, manifest: Any, frames: np.ndarray, reference: 
     What the export stores (and gates on) and what ``tsm-export verify`` recomputes.
     """
     return fp16_agreement(stream_fp16_llvm(onnx_path, manifest, frames), reference)
+
+
+def check_fp16(onnx_path: Path, manifest: Manifest, frames: np.ndarray, reference: np.ndarray,
+               say: Say) -> dict[str, Any]:
+    """The fp16 GPU library's numerics, checked on this CPU; returns the manifest's ``fp16_check`` entry."""
+    say(f"checking fp16 numerics: the same mixed-precision module built for this CPU, {len(frames)} streamed frames")
+    check = measure_fp16(onnx_path, manifest, frames, reference)
+    say(f"fp16 vs float32 PyTorch: max |logit diff| {check['max_abs_diff']:.3f} "
+        f"({check['relative_max_diff']:.1%} of max |logit|), top-1 agreement {check['top1_agreement']:.0%}")
+    if not check["passed"]:
+        raise CompileError(f"the fp16 model drifts from float32: max |logit diff| {check['max_abs_diff']:.3g} > "
+                          f"{check['tolerance']:.3g} or a frame changed its top-1 class (agreement "
+                          f"{check['top1_agreement']:.0%}; rule {check['rule']})")
+    return check
