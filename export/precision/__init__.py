@@ -1,1 +1,1 @@
-"""Reduced precision: which precisions a row takes, int8 quantization and calibration, measured agreement."""
+"""Reduced precision: int8 calibration, quantization and its measured agreement with float32."""
