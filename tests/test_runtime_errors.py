@@ -213,9 +213,9 @@ def test_export_folder_given_to_torch(small_artifact):
 # -- backends and options ---------------------------------------------------------------------------
 def test_unknown_backend(small_artifact):
     with pytest.raises(RuntimeOpenError) as exc:
-        open_runtime(small_artifact, "tflite")
+        open_runtime(small_artifact, "tflite")    # the LiteRT row's alias, not a backend name
     assert single_line(exc) == ("unknown backend 'tflite'; expected one of auto, torch, onnxruntime, tvm, tvm-rpc, "
-                                "tensorrt, triton")
+                                "tensorrt, triton, litert")
 
 
 def test_unknown_option(small_artifact):
