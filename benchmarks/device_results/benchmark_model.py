@@ -19,7 +19,6 @@ log into the artifact folder).
 """
 from __future__ import annotations
 
-import datetime as _dt
 import re
 from pathlib import Path
 from typing import Any
@@ -106,31 +105,15 @@ def _engine(parameters: dict[str, str]) -> str:
 
 
 def benchmark_model_row(parsed: dict[str, Any], path: str | Path) -> dict[str, Any]:
-    """One report row (the shape :func:`online_tsm.benchmarks.device_results.reader.imported_row` gives) for a log."""
-    from online_tsm.benchmarks.device_results.reader import model_label, paper_row_for
-    from online_tsm.benchmarks.device_results.trtexec import _artifact_beside
+    """One report row (the shape :func:`.reader.imported_row` gives) for a log."""
+    from online_tsm.benchmarks.device_results.reader import unverified_row
 
     path = Path(path)
-    timing = benchmark_model_timing(parsed, path)
-    artifact = _artifact_beside(path)
-    if not artifact:   # no manifest beside it: the phone is still what benchmark_model runs on
-        artifact = {"target": {"name": "android-litert"}}
-    shaped = {"artifact": artifact, "machine": {}}
-    paper, matched = paper_row_for(shaped)
-    if artifact.get("model"):
-        same, model_text = model_label(shaped)
-    else:
-        same, model_text = False, ("model not known: no manifest.json beside the log (save the log in the artifact "
-                                   "folder)")
-    created = _dt.datetime.fromtimestamp(path.stat().st_mtime, _dt.timezone.utc).date().isoformat()
     graph = parsed["parameters"].get("Graph")
-    return {"device": "the phone benchmark_model ran on (not recorded in its log)",
-            "target": (artifact.get("target") or {}).get("name", "?"), "engine": _engine(parsed["parameters"]),
-            "file": str(path),
-            "source": f"{LABEL}: {TOOL}{f' --graph={graph}' if graph else ''}, log dated {created}",
-            "model": artifact.get("model"), "same_model_as_paper": same, "model_label": model_text,
-            "paper": paper, "paper_match": matched, "verification": None, "timing": timing,
-            "ratio_to_paper": timing["p50_ms"] / paper["latency_ms"] if paper else None,
-            "device_timing": None, "machine": None, "artifact_sha256": None,
-            "status": "not verified", "reason": f"{LABEL} (random inputs, outputs never compared)",
-            "unverified_label": LABEL}
+    # no manifest beside it: the phone is still what benchmark_model runs on
+    return unverified_row(path, LABEL, f"{TOOL}{f' --graph={graph}' if graph else ''}, log dated",
+                          engine=_engine(parsed["parameters"]), timing=benchmark_model_timing(parsed, path),
+                          device="the phone benchmark_model ran on (not recorded in its log)",
+                          default_target="android-litert",
+                          no_manifest="model not known: no manifest.json beside the log (save the log in the "
+                                      "artifact folder)")

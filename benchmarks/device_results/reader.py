@@ -133,6 +133,47 @@ def imported_row(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
     return row
 
 
+def artifact_beside(path: Path) -> dict[str, Any]:
+    """The artifact part of a run.py result, from a ``manifest.json`` next to the file ({} when none)."""
+    manifest = path.parent / "manifest.json"
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("format") != "online-tsm-artifact":
+        return {}
+    frame = next((s for s in data.get("inputs") or [] if s.get("name") == data.get("frame_input")), {})
+    pre = data.get("preprocess") or {}
+    return {"target": data.get("target") or {}, "folder": str(path.parent),
+            "model": {k: v for k, v in (data.get("model") or {}).items() if k != "labels"},
+            "input": {"shape": frame.get("shape"), "input_size": pre.get("input_size"),
+                      "folded": bool(pre.get("folded"))}}
+
+
+
+def unverified_row(path: Path, label: str, source: str, *, engine: str, device: str, timing: dict[str, Any],
+                   no_manifest: str, device_timing: dict[str, Any] | None = None,
+                   default_target: str | None = None) -> dict[str, Any]:
+    """A report row for a device tool's own timing (trtexec, benchmark_model): random inputs, nothing verified.
+
+    The model and the paper's figure it sits beside come from a ``manifest.json`` next to the file;
+    ``source`` is completed with the file's date.
+    """
+    artifact = artifact_beside(path) or ({"target": {"name": default_target}} if default_target else {})
+    shaped = {"artifact": artifact, "machine": {}}
+    paper, matched = paper_row_for(shaped)
+    same, model_text = model_label(shaped) if artifact.get("model") else (False, no_manifest)
+    created = _dt.datetime.fromtimestamp(path.stat().st_mtime, _dt.timezone.utc).date().isoformat()
+    return {"device": device, "target": (artifact.get("target") or {}).get("name", "?"), "engine": engine,
+            "file": str(path), "source": f"{label}: {source} {created}",
+            "model": artifact.get("model"), "same_model_as_paper": same, "model_label": model_text,
+            "paper": paper, "paper_match": matched, "verification": None, "timing": timing,
+            "ratio_to_paper": timing["p50_ms"] / paper["latency_ms"] if paper else None,
+            "device_timing": device_timing, "machine": None, "artifact_sha256": None,
+            "status": "not verified", "reason": f"{label} (random inputs, outputs never compared)",
+            "unverified_label": label}
+
+
 def import_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     """Rows for every ``--import`` file, in order: run.py results, and ``trtexec --exportTimes`` files
     (:mod:`online_tsm.benchmarks.device_results.trtexec`) and LiteRT ``benchmark_model`` logs

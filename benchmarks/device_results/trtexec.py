@@ -12,7 +12,6 @@ folder) and says which target and model were timed.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 from pathlib import Path
 from typing import Any
@@ -69,44 +68,14 @@ def trtexec_timing(records: list[dict[str, Any]], path: str | Path) -> tuple[dic
     return timing, device
 
 
-def _artifact_beside(path: Path) -> dict[str, Any]:
-    """The artifact part of a run.py result, from a ``manifest.json`` next to the file ({} when none)."""
-    manifest = path.parent / "manifest.json"
-    try:
-        data = json.loads(manifest.read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict) or data.get("format") != "online-tsm-artifact":
-        return {}
-    frame = next((s for s in data.get("inputs") or [] if s.get("name") == data.get("frame_input")), {})
-    pre = data.get("preprocess") or {}
-    return {"target": data.get("target") or {}, "folder": str(path.parent),
-            "model": {k: v for k, v in (data.get("model") or {}).items() if k != "labels"},
-            "input": {"shape": frame.get("shape"), "input_size": pre.get("input_size"),
-                      "folded": bool(pre.get("folded"))}}
-
-
 def trtexec_row(records: list[dict[str, Any]], path: str | Path) -> dict[str, Any]:
-    """One report row (the shape :func:`online_tsm.benchmarks.device_results.reader.imported_row` gives) for trtexec times."""
-    from online_tsm.benchmarks.device_results.reader import model_label, paper_row_for
+    """One report row (the shape :func:`.reader.imported_row` gives) for trtexec times."""
+    from online_tsm.benchmarks.device_results.reader import unverified_row
 
     path = Path(path)
     timing, device_timing = trtexec_timing(records, path)
-    artifact = _artifact_beside(path)
-    shaped = {"artifact": artifact, "machine": {}}
-    paper, matched = paper_row_for(shaped)
-    if artifact:
-        same, model_text = model_label(shaped)
-    else:
-        same, model_text = False, "model not known: no manifest.json beside the file (run trtexec in the artifact folder)"
-    created = _dt.datetime.fromtimestamp(path.stat().st_mtime, _dt.timezone.utc).date().isoformat()
-    device = "the device trtexec ran on (not recorded by trtexec)"
-    return {"device": device, "target": (artifact.get("target") or {}).get("name", "?"),
-            "engine": "tensorrt (trtexec)", "file": str(path),
-            "source": f"{LABEL}: {TOOL} --exportTimes, file dated {created}",
-            "model": artifact.get("model"), "same_model_as_paper": same, "model_label": model_text,
-            "paper": paper, "paper_match": matched, "verification": None, "timing": timing,
-            "ratio_to_paper": timing["p50_ms"] / paper["latency_ms"] if paper else None,
-            "device_timing": device_timing, "machine": None, "artifact_sha256": None,
-            "status": "not verified", "reason": f"{LABEL} (random inputs, outputs never compared)",
-            "unverified_label": LABEL}
+    return unverified_row(path, LABEL, f"{TOOL} --exportTimes, file dated", engine="tensorrt (trtexec)",
+                          device="the device trtexec ran on (not recorded by trtexec)", timing=timing,
+                          device_timing=device_timing,
+                          no_manifest="model not known: no manifest.json beside the file (run trtexec in the "
+                                      "artifact folder)")
