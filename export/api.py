@@ -25,10 +25,11 @@ import numpy as np
 import torch
 
 from online_tsm.export.formats.folded import DEFAULT_CAMERA_SIZE, FoldedPreprocess
-from online_tsm.export.formats.onnx import ExportError, build_manifest, export_onnx, stream_onnxruntime, stream_torch
+from online_tsm.export.formats.onnx import (ExportError, build_manifest, export_onnx, simplify_and_check,
+                                            stream_onnxruntime, stream_torch)
 from online_tsm.export.options import ExportOptions, check_options
 from online_tsm.export.reference import REFERENCE_FRAMES, REFERENCE_NAME, frames_for, write_reference
-from online_tsm.export.formats.verified_graphs import VERIFIED_GRAPHS, graph_key, simplify
+from online_tsm.export.formats.verified_graphs import VERIFIED_GRAPHS, graph_key
 from online_tsm.export.source_model import load_export_model, model_name
 from online_tsm.export.staging import discard_out_dir, prepare_out_dir, publish_out_dir
 from online_tsm.export.versions import compiler_versions
@@ -194,7 +195,7 @@ def _export_onnx_verified(job: _Job, opset: int | None) -> None:
                else f"input {job.model.input_size})"))
         export_onnx(job.graph_model, job.onnx_path, opset=opset, simplify=False)
         say("simplifying with onnxslim and checking the graph")
-        simplify(job.onnx_path)
+        simplify_and_check(job.onnx_path)
         job.reference = stream_torch(job.graph_model, job.frames)
         say(f"verifying ONNX (ONNX Runtime) against PyTorch over {REFERENCE_FRAMES} streamed frames")
         diff = job.check_against_reference(stream_onnxruntime(job.onnx_path, manifest, job.frames),

@@ -14,6 +14,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -71,6 +72,22 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, *, opset: int |
     :class:`~online_tsm.export.formats.folded.FoldedPreprocess` around one.
     ``opset=None`` uses the exporter's default (torch's dynamo exporter, opset 20).
     """
+    kwargs = {"opset_version": opset} if opset else {}
+    path = torch_export(model, path, verbose=verbose, dynamo=True, external_data=False, **kwargs)
+    if simplify:
+        simplify_and_check(path)
+    else:
+        onnx.checker.check_model(str(path), full_check=True)
+    return path
+
+
+def torch_export(model: torch.nn.Module, path: str | os.PathLike, *, verbose: bool = False,
+                 what: str = "torch.onnx.export", **export_options: Any) -> Path:
+    """``torch.onnx.export`` of the per-frame graph with the contract's names, quiet unless ``verbose``.
+
+    Both exporters (dynamo for opset 18+, the legacy one for TensorRT's opset 13) go through here, so the
+    inputs and outputs are named alike; a failure is one line naming ``what`` failed.
+    """
     path = Path(path)
     model = model.eval()
     example = _example_inputs(model)
@@ -80,19 +97,21 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, *, opset: int |
     try:
         with warnings.catch_warnings(), quiet:
             warnings.simplefilter("ignore")
-            kwargs = {"opset_version": opset} if opset else {}
             torch.onnx.export(model, example, str(path), input_names=[FRAME_INPUT, *ins],
-                              output_names=[LOGITS_OUTPUT, *outs], dynamo=True, external_data=False, **kwargs)
+                              output_names=[LOGITS_OUTPUT, *outs], **export_options)
     except Exception as exc:  # noqa: BLE001 -- the exporter raises many types; one line for the user
-        raise ExportError(f"torch.onnx.export failed: {first_line(exc)[:300]}") from exc
-    graph = onnx.load(str(path))
-    if simplify:
-        import onnxslim
+        raise ExportError(f"{what} failed: {first_line(exc)[:300]}") from exc
+    return path
 
-        graph = onnxslim.slim(graph)
+
+def simplify_and_check(path: str | os.PathLike) -> None:
+    """Fold constants and fuse BatchNorm with onnxslim, run ONNX's full checker, and save the graph in place."""
+    import onnxslim
+
+    with contextlib.redirect_stdout(io.StringIO()):   # onnxslim prints its summary
+        graph = onnxslim.slim(onnx.load(str(path)))
     onnx.checker.check_model(graph, full_check=True)
     onnx.save(graph, str(path))
-    return path
 
 
 def _example_inputs(model: torch.nn.Module) -> tuple[torch.Tensor, ...]:

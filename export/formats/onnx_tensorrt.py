@@ -17,11 +17,7 @@ with the node's name, on this machine, instead of on the device.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
-import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -31,10 +27,8 @@ import numpy as np
 import onnx
 import torch
 
-from online_tsm.export.formats.onnx import (FRAME_INPUT, LOGITS_OUTPUT, ExportError, _example_inputs, buffer_names,
-                                            stream_onnxruntime)
+from online_tsm.export.formats.onnx import (ExportError, simplify_and_check, stream_onnxruntime, torch_export)
 from online_tsm.manifest import Manifest
-from online_tsm.messages import first_line
 from online_tsm.verification import FP32
 
 TENSORRT_OPSET = 13
@@ -136,30 +130,14 @@ def export_tensorrt_onnx(model: torch.nn.Module, path: str | Path, *, opset: int
     Same names and contract as :func:`online_tsm.export.formats.onnx.export_onnx`; raises
     :class:`ExportError` when the graph is not one TensorRT 8.2 parses.
     """
-    import onnxslim
-
     path = Path(path)
     table = operator_table()
     if not table["min_opset"] <= opset <= table["max_opset"]:
         raise ExportError(f"the TensorRT model needs an opset between {table['min_opset']} and "
                           f"{table['max_opset']} (TensorRT {table['tensorrt']}), got {opset}")
-    model = model.eval()
-    example = _example_inputs(model)
-    ins, outs = buffer_names(len(example) - 1)
-    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-    logging.getLogger("torch.onnx").setLevel(logging.INFO if verbose else logging.ERROR)
-    try:
-        with warnings.catch_warnings(), quiet:
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, example, str(path), input_names=[FRAME_INPUT, *ins],
-                              output_names=[LOGITS_OUTPUT, *outs], dynamo=False, opset_version=opset,
-                              do_constant_folding=True)
-    except Exception as exc:  # noqa: BLE001 -- the exporter raises many types; one line for the user
-        raise ExportError(f"torch.onnx.export (opset {opset}) failed: {first_line(exc)[:300]}") from exc
-    with contextlib.redirect_stdout(io.StringIO()):
-        graph = onnxslim.slim(onnx.load(str(path)))
-    onnx.checker.check_model(graph, full_check=True)
-    onnx.save(graph, str(path))
+    torch_export(model, path, verbose=verbose, what=f"torch.onnx.export (opset {opset})", dynamo=False,
+                 opset_version=opset, do_constant_folding=True)
+    simplify_and_check(path)
     check_tensorrt_ready(path)
     return path
 

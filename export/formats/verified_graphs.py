@@ -6,7 +6,6 @@ and the parity check, tens of seconds each time.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,18 +29,3 @@ def graph_key(graph_model: torch.nn.Module, opset: int | None, manifest: Manifes
     digest.update(json.dumps([opset, manifest.preprocess, [s.shape for s in manifest.inputs],
                               [s.shape for s in manifest.outputs]], sort_keys=True, default=str).encode())
     return digest.hexdigest()
-
-
-def simplify(onnx_path: Path) -> None:
-    """Fold constants and fuse BatchNorm with onnxslim, then run ONNX's full checker on the result."""
-    import contextlib
-    import io
-
-    import onnx
-    import onnxslim
-
-    graph = onnx.load(str(onnx_path))
-    with contextlib.redirect_stdout(io.StringIO()):
-        graph = onnxslim.slim(graph)
-    onnx.checker.check_model(graph, full_check=True)
-    onnx.save(graph, str(onnx_path))
