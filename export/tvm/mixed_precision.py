@@ -74,6 +74,6 @@ def check_fp16(onnx_path: Path, manifest: Manifest, frames: np.ndarray, referenc
         f"({check['relative_max_diff']:.1%} of max |logit|), top-1 agreement {check['top1_agreement']:.0%}")
     if not check["passed"]:
         raise CompileError(f"the fp16 model drifts from float32: max |logit diff| {check['max_abs_diff']:.3g} > "
-                          f"{check['tolerance']:.3g} or a frame changed its top-1 class (agreement "
-                          f"{check['top1_agreement']:.0%}; rule {check['rule']})")
+                           f"{check['tolerance']:.3g} or a frame changed its top-1 class (agreement "
+                           f"{check['top1_agreement']:.0%}; rule {check['rule']})")
     return check
