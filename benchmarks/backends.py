@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from online_tsm.address import is_loopback, parse_host_port
+from online_tsm.console.address import is_loopback, parse_host_port
 from online_tsm.errors import UserError
-from online_tsm.elf import host_arch, normalize_arch
+from online_tsm.machine.elf import host_arch, normalize_arch
 from online_tsm.models import MobileNetV2TSM
 from online_tsm.runtimes import BACKENDS, open_runtime
 from online_tsm.runtimes.base import Runtime

@@ -15,7 +15,7 @@ from online_tsm.benchmarks.report import render_terminal, write_json, write_mark
 from online_tsm.benchmarks.goals import report_dict
 from online_tsm.benchmarks.results import BenchConfig, BenchReport
 from online_tsm.benchmarks.suite import run_benchmark
-from online_tsm.cli_util import add_debug_flag, run_cli
+from online_tsm.console.cli_util import add_debug_flag, run_cli
 from online_tsm.errors import UserError
 
 

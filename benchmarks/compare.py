@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 from online_tsm.benchmarks.head_to_head import stream_contestants
 from online_tsm.benchmarks.latency import measure_interleaved
-from online_tsm.cli_util import add_debug_flag, run_cli
+from online_tsm.console.cli_util import add_debug_flag, run_cli
 from online_tsm.errors import UserError
 
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from online_tsm.cpuinfo import cpu_name, cpuinfo_text
-from online_tsm.elf import normalize_arch
+from online_tsm.machine.cpuinfo import cpu_name, cpuinfo_text
+from online_tsm.machine.elf import normalize_arch
 
 # Elementwise ops: one FLOP per output element (ReLU6 is a Clip).
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Clip", "Relu", "Sigmoid", "HardSwish", "HardSigmoid", "Max", "Min"}

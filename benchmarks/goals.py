@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from online_tsm.benchmarks.results import BenchReport
-from online_tsm.cpuinfo import has_vnni
+from online_tsm.machine.cpuinfo import has_vnni
 from online_tsm.verification import DEFAULT_MIN_AGREEMENT
 
 OVERHEAD_LIMIT = 0.03

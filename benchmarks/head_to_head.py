@@ -9,7 +9,7 @@ work, minutes apart).  The comparisons that decide something -- is the
 fastest backend ahead of the plain ONNX Runtime loop, is int8 1.5x it, is
 ``auto`` within 5 % of the fastest -- are therefore read from a second pass:
 the TSM runtime of every backend that ran here, opened again and stepped in
-rotating turns (see :mod:`online_tsm.interleave`), so that every backend
+rotating turns (see :mod:`online_tsm.machine.interleave`), so that every backend
 meets the same conditions.
 """
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from online_tsm.interleave import SETTLE_FRAMES, interleaved_samples
+from online_tsm.machine.interleave import SETTLE_FRAMES, interleaved_samples
 
 Clock = Callable[[], float]
 
@@ -96,7 +96,7 @@ def measure_interleaved(contestants: Iterable[Contestant], *, samples: int, warm
     ``warmup`` untimed calls, then the timed calls.  Rounds rotate the
     contestants' order (A B C, B C A, ...) and every turn starts with
     ``settle`` untimed calls, so that no contestant pays for the hand-over
-    more than another (see :mod:`online_tsm.interleave`).  ``on_sample`` is
+    more than another (see :mod:`online_tsm.machine.interleave`).  ``on_sample`` is
     called after each timed sample (progress bars).
     """
     players = list(contestants)

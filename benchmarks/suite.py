@@ -23,16 +23,16 @@ from online_tsm.benchmarks.artifacts import cached_artifact, model_hash
 from online_tsm.benchmarks.backends import (BACKEND_PLANS, HOST_TVM_TARGET, ONNX_TARGET, BackendPlan, RemoteSpec,
                                             backend_availability, default_bench_backends, export_for_plan,
                                             open_for_plan, tuning_fingerprint)
-from online_tsm.interleave import interleaved_samples
+from online_tsm.machine.interleave import interleaved_samples
 from online_tsm.benchmarks.latency import Contestant, LatencyStats, cycle_frames, measure_interleaved, measure_stages
 from online_tsm.benchmarks.models import BenchModel, resolve_bench_model
 from online_tsm.benchmarks.results import BackendResult, BenchConfig, BenchReport
 from online_tsm.benchmarks.paper import PAPER_ROWS, roofline_rows
 from online_tsm.errors import UserError
-from online_tsm.messages import first_line
+from online_tsm.console.messages import first_line
 from online_tsm.runtimes.base import Runtime
 from online_tsm.runtimes.tvm_backend import default_threads as tvm_default_threads
-from online_tsm.smoothing import PredictionSmoother
+from online_tsm.streaming.smoothing import PredictionSmoother
 from online_tsm.synthetic import synthetic_frames
 
 CAMERA_SHAPE = (480, 640)  # what a webcam delivers; pre-processing resizes and crops it

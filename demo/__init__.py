@@ -5,5 +5,5 @@
 ``sinks`` (video, JSON-lines log, screenshot, console), ``window`` (OpenCV
 window), ``web`` (the browser view and ``page.html``), ``stopping`` (SIGINT and
 SIGTERM end a run cleanly), ``cli``.  The smoothing lives in
-:mod:`online_tsm.smoothing`.
+:mod:`online_tsm.streaming.smoothing`.
 """

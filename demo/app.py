@@ -18,7 +18,7 @@ from online_tsm.demo.sinks import Sink
 from online_tsm.demo.sources import FrameSource
 from online_tsm.demo.stopping import StopRequest
 from online_tsm.runtimes import Runtime
-from online_tsm.smoothing import PredictionSmoother, SmoothedPrediction
+from online_tsm.streaming.smoothing import PredictionSmoother, SmoothedPrediction
 
 
 @dataclass

@@ -16,7 +16,7 @@ import sys
 import webbrowser
 from typing import Sequence
 
-from online_tsm.cli_util import add_debug_flag, positive_float, positive_int, run_cli, seconds
+from online_tsm.console.cli_util import add_debug_flag, positive_float, positive_int, run_cli, seconds
 
 from online_tsm.errors import UserError
 from online_tsm.demo.app import DemoOptions, run_demo
@@ -28,7 +28,7 @@ from online_tsm.demo.stopping import StopRequest
 from online_tsm.demo.web import DEFAULT_HOST, DEFAULT_PORT, LiveView, desktop_available, exposure_warning, \
     machine_address, parse_serve_address
 from online_tsm.demo.window import window_problem
-from online_tsm.smoothing import DEFAULT_DEBOUNCE, DEFAULT_HISTORY, PredictionSmoother, default_ignored, resolve_ignored
+from online_tsm.streaming.smoothing import DEFAULT_DEBOUNCE, DEFAULT_HISTORY, PredictionSmoother, default_ignored, resolve_ignored
 
 
 def build_parser() -> argparse.ArgumentParser:

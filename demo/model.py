@@ -15,7 +15,7 @@ from online_tsm.checkpoint import model_info
 from online_tsm.errors import UserError
 from online_tsm.labels import JESTER_LABELS
 from online_tsm.models import MobileNetV2TSM, seeded_model
-from online_tsm.pacing import UPSTREAM_PACE, StreamPace, pace_from_metadata
+from online_tsm.streaming.pacing import UPSTREAM_PACE, StreamPace, pace_from_metadata
 from online_tsm.runtimes import BACKENDS, Runtime, open_runtime
 from online_tsm.weights import DEFAULT_NAME, default_weights
 

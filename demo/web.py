@@ -36,7 +36,7 @@ import tornado.iostream
 import tornado.netutil
 import tornado.web
 
-from online_tsm.address import is_loopback, parse_host_port
+from online_tsm.console.address import is_loopback, parse_host_port
 from online_tsm.errors import UserError
 
 DEFAULT_HOST = "127.0.0.1"

@@ -36,7 +36,7 @@ from online_tsm.export.versions import compiler_versions
 from online_tsm.export.targets import ExportTarget, get_target
 from online_tsm.manifest import Manifest, TensorSpec, write_manifest
 from online_tsm.models import MobileNetV2TSM
-from online_tsm.progress import Progress
+from online_tsm.console.progress import Progress
 from online_tsm.verification import (DEFAULT_MIN_AGREEMENT, FP32, VerificationRule, max_abs_diff, measured_int8_rule,
                                      verification_entry)
 

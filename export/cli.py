@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from online_tsm.cli_util import add_debug_flag, run_cli
+from online_tsm.console.cli_util import add_debug_flag, run_cli
 
 from online_tsm.errors import UserError
 from online_tsm.export.options import rows_taking

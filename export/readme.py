@@ -9,7 +9,7 @@ from typing import Sequence
 
 from online_tsm.manifest import Manifest
 from online_tsm.export.targets import ExportTarget
-from online_tsm.pacing import UPSTREAM_PACE, pace_from_metadata
+from online_tsm.streaming.pacing import UPSTREAM_PACE, pace_from_metadata
 
 _SCRIPT_USE = """{script} checks this folder and times it on the device, with numpy and the runtime only (no online-tsm):
   python3 {script} --json result.json   # sha256 of every file, logits vs PyTorch (reference.npz), p50/p90/p99
@@ -29,7 +29,7 @@ _LINK_TAR = """  mkdir objs && tar -xf {folder}/model.tar -C objs && gcc -shared
 
 
 def _pace_lines(manifest: Manifest) -> list[str]:
-    """How often to run the model, when its training recorded it (online_tsm.pacing)."""
+    """How often to run the model, when its training recorded it (online_tsm.streaming.pacing)."""
     pace = pace_from_metadata(manifest.model)
     if pace == UPSTREAM_PACE:
         return []

@@ -11,7 +11,7 @@ import shutil
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from online_tsm.elf import EM_AARCH64, MACHINE_NAMES, normalize_arch
+from online_tsm.machine.elf import EM_AARCH64, MACHINE_NAMES, normalize_arch
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import torch
 
-from online_tsm.messages import first_line
+from online_tsm.console.messages import first_line
 from online_tsm.errors import OnlineTSMError
 from online_tsm.fileio import atomic_path
 from online_tsm.labels import default_labels

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from online_tsm.fileio import atomic_write
-from online_tsm.interleave import SETTLE_FRAMES, interleaved_samples
+from online_tsm.machine.interleave import SETTLE_FRAMES, interleaved_samples
 from online_tsm.runtimes.base import BackendUnavailable, Runtime, RuntimeOpenError
 
 ENV_CHOICE = "ONLINE_TSM_AUTO"
@@ -77,7 +77,7 @@ def cpu_model() -> str:
     Virtual machines often report only "AMD EPYC"; the family/model numbers and
     the flags (AVX-512, VNNI) tell a Zen 3 from a Zen 4 host under the same name.
     """
-    from online_tsm.cpuinfo import cpu_flags, cpu_name, first_processor
+    from online_tsm.machine.cpuinfo import cpu_flags, cpu_name, first_processor
 
     fields = first_processor()
     ident = "/".join(fields.get(k, "") for k in ("cpu family", "model", "stepping")).strip("/")
@@ -136,7 +136,7 @@ def measure_backends(runtimes: dict[str, Runtime], *, budget_s: float = BUDGET_S
     """Median ms/frame of a warm stream per runtime, timed in interleaved rounds within ``budget_s``.
 
     Rounds rotate the order and each turn starts with ``settle`` untimed
-    frames (see :mod:`online_tsm.interleave`).  At least ``min_rounds`` rounds
+    frames (see :mod:`online_tsm.machine.interleave`).  At least ``min_rounds`` rounds
     run (so a slow backend is still measured a few times), then rounds go on
     until the budget or ``max_rounds`` is spent.  Returns (ms, frames timed).
     """

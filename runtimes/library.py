@@ -10,7 +10,7 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
-from online_tsm.elf import elf_machine, host_arch, is_elf, machine_name
+from online_tsm.machine.elf import elf_machine, host_arch, is_elf, machine_name
 from online_tsm.runtimes.base import RuntimeOpenError
 
 __all__ = ["LibraryError", "check_runs_here", "elf_arch", "host_arch"]

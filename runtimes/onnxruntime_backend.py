@@ -74,7 +74,7 @@ class _StreamState:
 
 def _warn_if_int8_overflows_here(model: dict[str, Any]) -> None:
     """An 8-bit int8 model on a CPU whose int8 kernels saturate: its stored agreement does not hold here."""
-    from online_tsm.cpuinfo import int8_kernels, int8_kernels_saturate
+    from online_tsm.machine.cpuinfo import int8_kernels, int8_kernels_saturate
 
     quantization = model.get("quantization")
     if model.get("precision") != "int8" or not quantization or quantization.get("weight_bits", 8) != 8:

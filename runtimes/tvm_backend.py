@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from online_tsm.messages import last_message_line
+from online_tsm.console.messages import last_message_line
 from online_tsm.runtimes.artifact import open_artifact
 from online_tsm.runtimes.base import BackendUnavailable, Runtime, RuntimeOpenError
 from online_tsm.runtimes.library import check_runs_here

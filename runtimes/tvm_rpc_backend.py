@@ -27,8 +27,8 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Callable
 
-from online_tsm.address import parse_host_port
-from online_tsm.messages import last_message_line
+from online_tsm.console.address import parse_host_port
+from online_tsm.console.messages import last_message_line
 from online_tsm.errors import OnlineTSMError
 from online_tsm.runtimes.base import RuntimeOpenError
 from online_tsm.runtimes.library import elf_arch

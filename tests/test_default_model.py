@@ -62,7 +62,7 @@ def test_default_is_a_small_trained_checkpoint(model):
     extra = model.info.extra
     assert extra["trained_shift"] == "causal" and extra["command"].startswith("tsm-train ")
     assert extra["val_top1"] >= 0.9
-    assert extra["frame_stride"] == 3.99   # synthetic clips of 24-40 frames, 8 segments (online_tsm.pacing)
+    assert extra["frame_stride"] == 3.99   # synthetic clips of 24-40 frames, 8 segments (online_tsm.streaming.pacing)
 
 
 def test_default_streams_exactly_as_its_clip_model(model):

@@ -15,7 +15,7 @@ from online_tsm.demo import cli
 from online_tsm.demo.model import UNTRAINED_WARNING, load_demo_model
 from online_tsm.demo.sources import SYNTHETIC_CYCLE
 from online_tsm.labels import JESTER_LABELS
-from online_tsm.pacing import UPSTREAM_PACE
+from online_tsm.streaming.pacing import UPSTREAM_PACE
 from online_tsm.synthetic import GESTURES
 from online_tsm.weights import default_weights
 
@@ -81,7 +81,7 @@ def test_headless_synthetic_run_writes_the_video_and_the_prediction_log(tmp_path
 
 @pytest.mark.skipif(default_weights() is None, reason="needs the shipped default model")
 def test_default_model_recognises_the_synthetic_gestures_at_its_pace(tmp_path, capsys):
-    """With no flags the demo runs the default model at the pace it was trained at (online_tsm.pacing).
+    """With no flags the demo runs the default model at the pace it was trained at (online_tsm.streaming.pacing).
 
     The synthetic source plays the 8 gestures for 32 frames each, one after another with the shift buffers
     carried across; in the second half of each gesture the shown class must be that gesture on most

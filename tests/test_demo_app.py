@@ -12,7 +12,7 @@ from online_tsm.demo.overlay import OverlayState, draw_overlay, fit_width
 from online_tsm.demo.sinks import ScreenshotSink, VideoSink
 from online_tsm.demo.sources import FrameSource, SyntheticSource
 from online_tsm.runtimes.base import Runtime
-from online_tsm.smoothing import PredictionSmoother
+from online_tsm.streaming.smoothing import PredictionSmoother
 
 LABELS = ["zero", "one", "two", "three"]
 

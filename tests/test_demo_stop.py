@@ -16,7 +16,7 @@ from online_tsm.demo import cli
 from online_tsm.demo.app import DemoOptions, run_demo
 from online_tsm.demo.sources import CameraSource, SyntheticSource
 from online_tsm.demo.stopping import StopRequest
-from online_tsm.smoothing import PredictionSmoother
+from online_tsm.streaming.smoothing import PredictionSmoother
 from test_demo_app import ListSink, ScriptedRuntime
 from test_demo_sources import BurstCapture
 

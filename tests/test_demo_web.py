@@ -15,9 +15,9 @@ from online_tsm.checkpoint import save_checkpoint
 from online_tsm.errors import UserError
 from online_tsm.demo import cli
 from online_tsm.demo.app import frame_record
-from online_tsm.address import is_loopback
+from online_tsm.console.address import is_loopback
 from online_tsm.demo.web import LiveView, exposure_warning, parse_serve_address
-from online_tsm.smoothing import SmoothedPrediction
+from online_tsm.streaming.smoothing import SmoothedPrediction
 
 LABELS = ["left", "right", "up", "down"]
 

@@ -152,7 +152,7 @@ def test_template_frames_are_the_export_frames(host):
 
 
 def test_template_names_machines_like_the_package():
-    from online_tsm import elf
+    from online_tsm.machine import elf
 
     assert template.ELF_MACHINES == elf.MACHINE_NAMES
     assert template.MACHINE_ALIASES == elf.MACHINE_ALIASES

@@ -1,10 +1,10 @@
-"""The streaming pace derived from training metadata (online_tsm.pacing)."""
+"""The streaming pace derived from training metadata (online_tsm.streaming.pacing)."""
 from __future__ import annotations
 
 import pytest
 
-from online_tsm.pacing import UPSTREAM_PACE, pace_from_metadata
-from online_tsm.smoothing import DEFAULT_DEBOUNCE, DEFAULT_HISTORY
+from online_tsm.streaming.pacing import UPSTREAM_PACE, pace_from_metadata
+from online_tsm.streaming.smoothing import DEFAULT_DEBOUNCE, DEFAULT_HISTORY
 
 
 def test_recorded_stride_sets_every_and_half_a_clip_of_history():

@@ -309,7 +309,7 @@ def test_agreement_reports_last_frame_and_clip_accuracy_apart():
     (set(), False, False),
 ])
 def test_which_cpus_overflow_onnxruntime_int8_kernels(flags, saturates, vnni):
-    from online_tsm.cpuinfo import has_vnni, int8_kernels, int8_kernels_saturate
+    from online_tsm.machine.cpuinfo import has_vnni, int8_kernels, int8_kernels_saturate
 
     assert int8_kernels_saturate(frozenset(flags)) is saturates and has_vnni(frozenset(flags)) is vnni
     assert ("saturating" in int8_kernels(frozenset(flags))) is saturates
@@ -327,7 +327,7 @@ def _weights_of(model_path) -> list[np.ndarray]:
 
 def test_an_int8_export_on_a_cpu_whose_kernels_saturate_uses_7_bit_weights(small_weights, class_folder, tmp_path,
                                                                              monkeypatch, int8_export, capsys):
-    from online_tsm import cpuinfo
+    from online_tsm.machine import cpuinfo
 
     here = load_manifest(int8_export).model["quantization"]["weight_bits"]
     assert here == (7 if cpuinfo.int8_kernels_saturate() else 8)          # the fixture was exported on this CPU
@@ -350,7 +350,7 @@ def test_an_8_bit_int8_model_warns_on_a_cpu_whose_kernels_saturate(int8_export, 
     import shutil
     import warnings
 
-    from online_tsm import cpuinfo
+    from online_tsm.machine import cpuinfo
     from online_tsm.runtimes import open_runtime
 
     artifact = shutil.copytree(int8_export, tmp_path / f"int8-{bits}bit")   # as exported on another CPU

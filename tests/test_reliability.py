@@ -471,7 +471,7 @@ def test_sigterm_ends_a_cli_as_terminated_even_when_a_library_rewraps_it(capsys)
     import signal
     import time
 
-    from online_tsm.cli_util import run_cli
+    from online_tsm.console.cli_util import run_cli
 
     def main(args: argparse.Namespace) -> int:
         try:

@@ -258,7 +258,7 @@ def test_tvm_rpc_without_a_server(small_artifact):
 
 def test_one_address_parser_for_every_host_port():
     """tvm-rpc, triton, --serve and --rpc share one HOST:PORT parser; each caller keeps its own words."""
-    from online_tsm.address import AddressError, format_host_port, parse_host_port
+    from online_tsm.console.address import AddressError, format_host_port, parse_host_port
 
     assert parse_host_port("192.168.1.20:9090") == ("192.168.1.20", 9090)
     assert parse_host_port("[::1]:8001") == ("::1", 8001)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from online_tsm.labels import JESTER_LABELS
-from online_tsm.smoothing import (JESTER_IGNORED, PredictionSmoother, default_ignored, resolve_ignored,
+from online_tsm.streaming.smoothing import (JESTER_IGNORED, PredictionSmoother, default_ignored, resolve_ignored,
                                   softmax)
 
 

@@ -120,7 +120,7 @@ def test_step_many_sends_eight_streams_at_once(repo, served, local):
 def test_demo_opens_the_repository_with_the_triton_backend(repo, served, local):
     """``tsm-demo --backend triton --artifact REPO --address HOST:PORT``: the demo's model, pace from the manifest."""
     from online_tsm.demo.model import load_demo_model
-    from online_tsm.pacing import pace_from_metadata
+    from online_tsm.streaming.pacing import pace_from_metadata
 
     demo = load_demo_model("triton", artifact=repo, address=served)
     try:

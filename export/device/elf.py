@@ -13,8 +13,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-# The header reader and the machine names are the core's (online_tsm.elf), shared with the runtimes.
-from online_tsm.elf import EM_AARCH64, EM_CUDA, EM_X86_64, MACHINE_NAMES, ElfError, elf_machine, machine_name
+# The header reader and the machine names are the core's (online_tsm.machine.elf), shared with the runtimes.
+from online_tsm.machine.elf import EM_AARCH64, EM_CUDA, EM_X86_64, MACHINE_NAMES, ElfError, elf_machine, machine_name
 
 __all__ = ["EM_AARCH64", "EM_CUDA", "EM_X86_64", "MACHINE_NAMES", "CudaImage", "ElfError", "cubin_kernel_names",
            "elf_machine", "embedded_cuda_images", "library_machines", "machine_name", "ptx_kernel_names"]

@@ -42,7 +42,7 @@ from online_tsm.manifest import Manifest, ManifestError, load_manifest
 from online_tsm.export.reference import read_reference
 from online_tsm.export.device.qemu_cpu import CpuinfoPlan
 from online_tsm.export.device.sysroot import EmulationUnavailable, Sysroot, ensure_sysroot, require_tool
-from online_tsm.progress import Say, stderr_progress
+from online_tsm.console.progress import Say, stderr_progress
 from online_tsm.export.targets import TARGETS, ExportTarget
 
 __all__ = ["EmulatedCheck", "EmulationCheckError", "EmulationUnavailable", "verify_emulated",
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m online_tsm.export.device.emulate DIR...``: a stop-gap until ``tsm-export verify --emulate``."""
     import argparse
 
-    from online_tsm.cli_util import add_debug_flag, run_cli
+    from online_tsm.console.cli_util import add_debug_flag, run_cli
 
     parser = argparse.ArgumentParser(prog="python -m online_tsm.export.device.emulate",
                                      description="Check aarch64 artifacts numerically under qemu emulation.")

@@ -56,7 +56,7 @@ ARTIFACT_FORMAT = "online-tsm-artifact"
 ARTIFACT_VERSION = 1
 #: online_tsm.verification's float32 rule, used only for a manifest that carries no rule at all (the oldest).
 DEFAULT_RULE = {"absolute": 1e-4, "relative": 1e-5, "relative_other_machine": 1e-4}
-#: A copy of online_tsm.elf's names (this file runs without online-tsm); tests/test_device_kit.py keeps them equal.
+#: A copy of online_tsm.machine.elf's names (this file runs without online-tsm); tests/test_device_kit.py keeps them equal.
 ELF_MACHINES = {3: "x86", 8: "mips", 20: "ppc", 21: "ppc64", 40: "arm", 62: "x86_64", 183: "aarch64", 190: "cuda",
                 243: "riscv64"}
 MACHINE_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "i386": "x86", "i686": "x86",

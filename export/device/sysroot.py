@@ -34,7 +34,7 @@ from typing import Iterator
 
 from online_tsm.errors import UserError
 from online_tsm.fileio import file_lock as shared_file_lock
-from online_tsm.progress import Say, stderr_progress
+from online_tsm.console.progress import Say, stderr_progress
 from online_tsm.weights import cache_dir
 
 DEBIAN_SUITE = "bookworm"

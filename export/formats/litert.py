@@ -47,7 +47,7 @@ import torch
 
 from online_tsm.errors import UserError
 from online_tsm.manifest import Manifest
-from online_tsm.messages import first_line
+from online_tsm.console.messages import first_line
 from online_tsm.verification import FP16, FP32
 
 TFLITE_NAME = "model.tflite"

@@ -21,7 +21,7 @@ import onnx
 import torch
 
 from online_tsm.checkpoint import model_info
-from online_tsm.messages import first_line
+from online_tsm.console.messages import first_line
 from online_tsm.errors import OnlineTSMError
 from online_tsm.manifest import BufferPair, Manifest, TensorSpec
 from online_tsm.models import MobileNetV2TSM
@@ -52,7 +52,7 @@ def build_manifest(model: MobileNetV2TSM, name: str = "online-tsm", shift: str =
         model={"name": name, "arch": info.arch, "n_class": info.n_class, "labels": info.labels,
                "width_mult": info.width_mult, "shift_blocks": list(info.shift_blocks), "fold_div": info.fold_div,
                "shift": shift if shapes else "none",
-               # How the model was trained to be paced when streamed (online_tsm.pacing); absent if unknown.
+               # How the model was trained to be paced when streamed (online_tsm.streaming.pacing); absent if unknown.
                **{k: info.extra[k] for k in PACE_KEYS if k in info.extra},
                # Which of a class folder's clips the model was validated on: int8 calibration holds out the same.
                **({"training_split": info.extra["split"]} if isinstance(info.extra.get("split"), dict) else {})},

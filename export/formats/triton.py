@@ -255,7 +255,7 @@ def export_repository(weights_or_model: Any, target: str, out_dir: str | os.Path
     this function wrote.
     """
     from online_tsm.export.api import export_artifact
-    from online_tsm.progress import Progress
+    from online_tsm.console.progress import Progress
 
     import onnx
 

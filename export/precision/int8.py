@@ -23,7 +23,7 @@ from online_tsm.export.formats.onnx import ExportError
 from online_tsm.export.precision.quantize import DRIFT_FRAMES, Agreement, measure_agreement, record_feeds, \
     verification_check
 from online_tsm.manifest import Manifest, write_manifest
-from online_tsm.progress import Say
+from online_tsm.console.progress import Say
 
 HELD_OUT_CLIPS = 64   # one disagreeing clip moves the last-frame agreement by 1.6 %
 
@@ -97,9 +97,9 @@ def calibrated_int8(model: Any, fp32_file: Path, manifest: Manifest, frames: np.
     on this machine, may explain it).
     """
     from online_tsm.export.precision.calibration import load_calibration
-    from online_tsm.pacing import pace_from_metadata
+    from online_tsm.streaming.pacing import pace_from_metadata
     from online_tsm.runtimes import open_runtime
-    from online_tsm.torch_threads import torch_threads
+    from online_tsm.machine.torch_threads import torch_threads
 
     every = pace_from_metadata(manifest.model).every
     split = manifest.model.get("training_split") or {}
@@ -148,7 +148,7 @@ def export_onnx_int8(model: Any, onnx_path: Path, manifest: Manifest, frames: np
                      say: Say, *, calibration: str, min_agreement: float, workdir: Path,
                      drift_frames: int | None = None) -> dict[str, Any]:
     """Replace ``onnx_path`` (float32, verified) by its QDQ int8 model; return the manifest's ``quantization``."""
-    from online_tsm.cpuinfo import int8_kernels, int8_kernels_saturate
+    from online_tsm.machine.cpuinfo import int8_kernels, int8_kernels_saturate
     from online_tsm.export.formats.onnx import stream_onnxruntime
     from online_tsm.export.precision.quantize import ACTIVATIONS, PERCENTILE, WEIGHTS, quantize_int8
 

@@ -69,7 +69,7 @@ def quantize_int8(fp32_onnx: Path, feeds: list[dict[str, np.ndarray]], out: Path
     """Write the U8S8 QDQ model of ``fp32_onnx`` calibrated on ``feeds`` (percentile ranges) to ``out``.
 
     ``seven_bit_weights`` quantizes the weights to [-64, 64] (ORT's ``reduce_range``), which CPUs whose int8
-    kernels saturate need (:mod:`online_tsm.cpuinfo`).
+    kernels saturate need (:mod:`online_tsm.machine.cpuinfo`).
     """
     import contextlib
     import io

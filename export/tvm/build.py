@@ -44,11 +44,11 @@ import numpy as np
 
 from online_tsm.errors import UserError
 
-from online_tsm.messages import first_line
+from online_tsm.console.messages import first_line
 from online_tsm.errors import OnlineTSMError
 from online_tsm.manifest import Manifest
 from online_tsm.export.targets import ExportTarget
-from online_tsm.progress import Say
+from online_tsm.console.progress import Say
 
 
 

@@ -189,7 +189,7 @@ def main(argv: list[str]) -> int:
     try:
         report = build(request)
     except Exception as exc:  # noqa: BLE001 -- reported to the parent as one line
-        from online_tsm.messages import first_line  # nothing of TVM: the stub libcuda must still come first
+        from online_tsm.console.messages import first_line  # nothing of TVM: the stub libcuda must still come first
 
         print(f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__,
               file=sys.stderr)

@@ -20,7 +20,7 @@ import numpy as np
 
 from online_tsm.export.tvm.build import CompileError
 from online_tsm.manifest import Manifest
-from online_tsm.progress import Say
+from online_tsm.console.progress import Say
 from online_tsm.verification import FP16
 
 

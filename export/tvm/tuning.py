@@ -16,7 +16,7 @@ import numpy as np
 from online_tsm.export.targets import ExportTarget
 from online_tsm.export.tvm.build import cpu_graph_rewrites, cpu_pipeline, input_specs, resolve_tvm_target
 from online_tsm.manifest import Manifest
-from online_tsm.progress import Say
+from online_tsm.console.progress import Say
 
 
 def tuning_dir(row: ExportTarget, target_dict: dict[str, Any]) -> Path:
@@ -109,7 +109,7 @@ def time_executables(executables: dict[str, Any], inputs: dict[str, tuple[list[i
     """Median ms per frame of each compiled Relax executable on this CPU, timed in interleaved rounds.
 
     The inputs are zeros (a convolution network's time does not depend on
-    the values); the rounds rotate their order (:mod:`online_tsm.interleave`)
+    the values); the rounds rotate their order (:mod:`online_tsm.machine.interleave`)
     so a busy moment of the machine hits every build alike.  Each build is timed from a linked copy,
     as the runtime loads it: a virtual machine made on the in-memory
     executable itself changes what it later writes (TVM then warns for
@@ -119,7 +119,7 @@ def time_executables(executables: dict[str, Any], inputs: dict[str, tuple[list[i
 
     import tvm
 
-    from online_tsm.interleave import interleaved_samples
+    from online_tsm.machine.interleave import interleaved_samples
     from online_tsm.runtimes.tvm_backend import ENTRY, config_threadpool_keeping_affinity, default_threads
 
     config_threadpool_keeping_affinity(tvm, default_threads())

@@ -22,13 +22,13 @@ from typing import Sequence
 import torch
 
 from online_tsm.checkpoint import load_model
-from online_tsm.cli_util import add_debug_flag, run_cli
+from online_tsm.console.cli_util import add_debug_flag, run_cli
 from online_tsm.errors import UserError
 from online_tsm.labels import default_labels
 from online_tsm.models import MobileNetV2TSM
-from online_tsm.pacing import pace_from_metadata
+from online_tsm.streaming.pacing import pace_from_metadata
 from online_tsm.runtimes import open_runtime
-from online_tsm.smoothing import PredictionSmoother, softmax
+from online_tsm.streaming.smoothing import PredictionSmoother, softmax
 from online_tsm.synthetic import GESTURES, MOTIONS, synthetic_frames
 from online_tsm.weights import DEFAULT_ASSET, DEFAULT_NAME, default_weights
 
@@ -57,7 +57,7 @@ def stream(model: MobileNetV2TSM, n_frames: int, labels: list[str], motion: str 
     """Stream one synthetic clip at the model's training pace; prints each step, returns the smoothed class.
 
     The pace (every how many frames to infer, how many steps to average) is
-    the demo's (:mod:`online_tsm.pacing`): a model streamed faster than it
+    the demo's (:mod:`online_tsm.streaming.pacing`): a model streamed faster than it
     was trained sees motion it never learned.
     """
     pace = pace_from_metadata(getattr(getattr(model, "info", None), "extra", None))

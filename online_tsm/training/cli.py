@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from online_tsm.cli_util import add_debug_flag, run_cli
+from online_tsm.console.cli_util import add_debug_flag, run_cli
 
 from online_tsm.errors import UserError
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from online_tsm.checkpoint import CHECKPOINT_FORMATS, OneWayShiftWarning, load_model, save_checkpoint
-from online_tsm.cli_util import add_debug_flag, run_cli
+from online_tsm.console.cli_util import add_debug_flag, run_cli
 from online_tsm.errors import UserError
 from online_tsm.labels import JESTER_LABELS
 

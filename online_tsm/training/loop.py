@@ -23,7 +23,7 @@ from online_tsm.checkpoint import load_model, save_checkpoint
 from online_tsm.fileio import atomic_write
 from online_tsm.models import MobileNetV2TSM
 from online_tsm.preprocess import IMAGENET_MEAN, IMAGENET_STD, resize_size
-from online_tsm.torch_threads import torch_threads
+from online_tsm.machine.torch_threads import torch_threads
 from online_tsm.training import data as data_mod
 from online_tsm.training import distributed
 from online_tsm.training.augment import EvalTransform, TrainAugment, flip_label_map
@@ -257,7 +257,7 @@ def training_frame_stride(clips: list, segments: int) -> float | None:
     """Mean source frames between two sampled frames of a training clip (``None`` without clips).
 
     Saved in the checkpoint so that streaming can run the model at the pace it
-    learned motion at (see :mod:`online_tsm.pacing`).
+    learned motion at (see :mod:`online_tsm.streaming.pacing`).
     """
     lengths = [c.n_frames for c in clips if c.n_frames > 0]
     return round(sum(lengths) / len(lengths) / segments, 2) if lengths else None

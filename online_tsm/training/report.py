@@ -16,7 +16,7 @@ import numpy as np
 
 from online_tsm.checkpoint import load_model
 from online_tsm.synthetic import DIRECTION_PAIRS, GESTURES
-from online_tsm.torch_threads import torch_threads
+from online_tsm.machine.torch_threads import torch_threads
 from online_tsm.training.augment import EvalTransform
 from online_tsm.training.config import TrainConfig
 from online_tsm.training.evaluate import EvalResult, evaluate, pair_accuracy, save_confusion

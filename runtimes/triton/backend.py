@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from online_tsm.address import format_host_port, parse_host_port
+from online_tsm.console.address import format_host_port, parse_host_port
 from online_tsm.errors import OnlineTSMError
 from online_tsm.manifest import artifact_folder
 from online_tsm.runtimes.artifact import open_artifact

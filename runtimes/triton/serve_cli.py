@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from online_tsm.cli_util import add_debug_flag, port_number, positive_int, run_cli
+from online_tsm.console.cli_util import add_debug_flag, port_number, positive_int, run_cli
 
 from online_tsm.errors import UserError
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from online_tsm.smoothing import DEFAULT_DEBOUNCE, DEFAULT_HISTORY
+from online_tsm.streaming.smoothing import DEFAULT_DEBOUNCE, DEFAULT_HISTORY
 
 
 @dataclass(frozen=True)

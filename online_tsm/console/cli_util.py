@@ -14,7 +14,7 @@ import threading
 from typing import Callable, Iterator, Sequence
 
 from online_tsm.errors import OnlineTSMError
-from online_tsm.messages import first_line
+from online_tsm.console.messages import first_line
 
 __all__ = ["add_debug_flag", "number_type", "port_number", "positive_float", "positive_int", "run_cli", "seconds"]
 
