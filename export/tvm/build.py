@@ -47,6 +47,7 @@ from online_tsm.errors import UserError
 from online_tsm.console.messages import first_line
 from online_tsm.errors import OnlineTSMError
 from online_tsm.manifest import Manifest
+from online_tsm.export.options import LIBRARY_CHOICES
 from online_tsm.export.targets import ExportTarget
 from online_tsm.console.progress import Say
 
@@ -207,8 +208,9 @@ def compile_cpu(onnx_path: Path, manifest: Manifest, row: ExportTarget, out_dir:
 
 
 def _choose_suffix(row: ExportTarget, linker: str | None, library: str) -> str:
-    if library not in ("auto", "so", "tar"):
-        raise UserError(f"--library must be auto, so or tar, got {library!r}")
+    if library not in LIBRARY_CHOICES:
+        raise UserError(f"--library must be {', '.join(LIBRARY_CHOICES[:-1])} or {LIBRARY_CHOICES[-1]}, got "
+                        f"{library!r}")
     if library == "tar":
         return ".tar"
     if library == "so" and row.cross and linker is None:
